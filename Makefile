@@ -1,0 +1,95 @@
+# switchyard — developer and demo tasks. `make` (or `make help`) lists them.
+#
+# Quick start on a fresh machine:
+#   make run     # starts a local RabbitMQ if needed, then the service with config/switchyard.yaml
+#   make test    # the whole test suite, against the local RabbitMQ
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO        ?= cargo
+CONFIG       ?= config/switchyard.yaml
+EVENT        ?= examples/events/data-captured.json
+# Extra arguments: `make test TEST_ARGS=router`, `make bench BENCH_ARGS="--n 10000"`,
+# `make publish PUBLISH_ARGS="--count 100 --rate 50"`.
+TEST_ARGS    ?=
+BENCH_ARGS   ?=
+PUBLISH_ARGS ?=
+
+# The local broker that the example configuration and the tests use.
+RABBITMQ_HOST ?= 127.0.0.1
+RABBITMQ_PORT ?= 5672
+
+.PHONY: help rabbitmq run sink publish test bench lint fmt validate topology
+
+help: ## List the targets
+	@echo "switchyard — make targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-10s %s\n", $$1, $$2 }'
+	@echo
+	@echo "Variables: CONFIG=$(CONFIG) EVENT=$(EVENT) TEST_ARGS= BENCH_ARGS= PUBLISH_ARGS="
+
+# Starts a local RabbitMQ unless something already answers on $(RABBITMQ_HOST):$(RABBITMQ_PORT).
+# Debian's rabbitmq-server must run as root (it switches to the rabbitmq user itself), hence sudo for
+# other users when that system user exists.
+rabbitmq: ## Start a local RabbitMQ if none answers on 127.0.0.1:5672
+	@export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
+	if (exec 3<>/dev/tcp/$(RABBITMQ_HOST)/$(RABBITMQ_PORT)) 2>/dev/null; then \
+		echo "rabbitmq: already answering on $(RABBITMQ_HOST):$(RABBITMQ_PORT)"; exit 0; \
+	fi; \
+	if ! command -v rabbitmq-server >/dev/null; then \
+		echo "rabbitmq: nothing answers on $(RABBITMQ_HOST):$(RABBITMQ_PORT) and rabbitmq-server is not installed." >&2; \
+		echo "  Install it (Debian/Ubuntu): sudo apt-get install -y rabbitmq-server   (macOS: brew install rabbitmq)" >&2; \
+		exit 1; \
+	fi; \
+	sudo=""; \
+	if [ "$$(id -u)" -ne 0 ] && id -u rabbitmq >/dev/null 2>&1; then sudo="sudo"; fi; \
+	echo "rabbitmq: starting ($${sudo:+$$sudo }rabbitmq-server -detached)"; \
+	$$sudo rabbitmq-server -detached || echo "rabbitmq: -detached failed; waiting in case a node is already booting" >&2; \
+	for i in $$(seq 1 60); do \
+		if $$sudo rabbitmqctl -q await_startup >/dev/null 2>&1; then break; fi; \
+		sleep 2; \
+	done; \
+	for i in $$(seq 1 30); do \
+		if (exec 3<>/dev/tcp/$(RABBITMQ_HOST)/$(RABBITMQ_PORT)) 2>/dev/null; then \
+			echo "rabbitmq: up on $(RABBITMQ_HOST):$(RABBITMQ_PORT)"; exit 0; \
+		fi; \
+		sleep 1; \
+	done; \
+	echo "rabbitmq: started, but nothing answers on $(RABBITMQ_HOST):$(RABBITMQ_PORT); see /var/log/rabbitmq/" >&2; \
+	exit 1
+
+run: rabbitmq ## Run the service against the local broker with config/switchyard.yaml
+	$(CARGO) run --release -- run --config $(CONFIG)
+
+sink: ## Run the demo sink on 127.0.0.1:8080 (prints every request it receives)
+	$(CARGO) run --release --example sink
+
+publish: ## Publish the example event (examples/events/data-captured.json)
+	$(CARGO) run --release -- publish --config $(CONFIG) --event $(EVENT) $(PUBLISH_ARGS)
+
+test: rabbitmq ## Run all tests (cargo nextest when installed, else cargo test)
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "+ $(CARGO) nextest run --all-targets $(TEST_ARGS)"; \
+		$(CARGO) nextest run --all-targets $(TEST_ARGS); \
+	else \
+		echo "+ $(CARGO) test --all-targets $(TEST_ARGS)   (install cargo-nextest for faster runs)"; \
+		$(CARGO) test --all-targets $(TEST_ARGS); \
+	fi
+	@# Checks of the deployment files (promtool check rules …) go here.
+
+bench: ## Measure end-to-end throughput and latency (switchyard-bench)
+	$(CARGO) run --release --bin switchyard-bench -- $(BENCH_ARGS)
+
+lint: ## Check formatting and clippy warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+validate: ## Check config/switchyard.yaml and every workflow
+	$(CARGO) run --release -- validate --config $(CONFIG)
+
+topology: rabbitmq ## Declare the exchanges and queues on the local broker and print them
+	$(CARGO) run --release -- topology --config $(CONFIG)

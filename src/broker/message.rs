@@ -1,0 +1,194 @@
+//! The action message: what the router (or a worker completing a prerequisite) publishes for
+//! each action, and the headers that travel with it through retries and the dead-letter queue.
+
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{header_int, header_str, set_int, set_str};
+
+/// Calls made so far for this action (`x-delivery-count` resets after a TTL hop, so we count).
+pub const H_ATTEMPTS: &str = "x-switchyard-attempts";
+/// Broker-held delays used so far.
+pub const H_RETRIES: &str = "x-switchyard-retries";
+/// When the first call was made.
+pub const H_FIRST_ATTEMPT: &str = "x-switchyard-first-attempt-at";
+/// The workflow (or webhook) id.
+pub const H_WORKFLOW: &str = "x-switchyard-workflow";
+/// The action id.
+pub const H_ACTION: &str = "x-switchyard-action";
+/// The connector.
+pub const H_CONNECTOR: &str = "x-switchyard-connector";
+/// The workspace.
+pub const H_WORKSPACE: &str = "x-switchyard-workspace";
+/// The event id.
+pub const H_EVENT: &str = "x-switchyard-event-id";
+/// Why it failed (last failure on retries; final on dead-letter).
+pub const H_REASON: &str = "x-switchyard-reason";
+/// The dead-letter class.
+pub const H_CLASS: &str = "x-switchyard-error-class";
+/// The last HTTP status, if any.
+pub const H_LAST_STATUS: &str = "x-switchyard-last-status";
+/// When it was dead-lettered.
+pub const H_DEAD_AT: &str = "x-switchyard-dead-at";
+
+/// One action to run, as it travels on the broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionMessage {
+    /// Stable across retries and replays: derived from event, workflow or webhook, and action.
+    pub id: String,
+    /// The workflow id (absent for webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The webhook id (absent for workflow actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// The action id (`deliver` for webhooks).
+    pub action: String,
+    /// The connector queue it travels on.
+    pub connector: String,
+    /// The event's workspace.
+    pub workspace: String,
+    /// The normalised event envelope.
+    pub event: Value,
+    /// Outputs of the prerequisite chain, an object keyed by action id (`Null` when none).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub steps: Value,
+}
+
+/// The borrowed form, so publishing does not clone the event.
+#[derive(Debug, Serialize)]
+pub struct ActionMessageRef<'a> {
+    /// See [`ActionMessage::id`].
+    pub id: &'a str,
+    /// See [`ActionMessage::workflow`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<&'a str>,
+    /// See [`ActionMessage::webhook`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<&'a str>,
+    /// See [`ActionMessage::action`].
+    pub action: &'a str,
+    /// See [`ActionMessage::connector`].
+    pub connector: &'a str,
+    /// See [`ActionMessage::workspace`].
+    pub workspace: &'a str,
+    /// See [`ActionMessage::event`].
+    pub event: &'a Value,
+    /// See [`ActionMessage::steps`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<&'a Value>,
+}
+
+impl ActionMessageRef<'_> {
+    /// The body and properties of a fresh action message (attempt budget untouched).
+    pub fn encode(&self, event_id: &str) -> (Vec<u8>, BasicProperties) {
+        // Serialising plain JSON values into a Vec cannot fail.
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        let mut headers = FieldTable::default();
+        set_str(
+            &mut headers,
+            H_WORKFLOW,
+            self.workflow.or(self.webhook).unwrap_or(""),
+        );
+        set_str(&mut headers, H_ACTION, self.action);
+        set_str(&mut headers, H_CONNECTOR, self.connector);
+        set_str(&mut headers, H_WORKSPACE, self.workspace);
+        set_str(&mut headers, H_EVENT, event_id);
+        (body, properties(self.id, headers))
+    }
+}
+
+/// Persistent JSON properties with a message id and headers.
+pub fn properties(message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(message_id.into())
+        .with_timestamp(chrono::Utc::now().timestamp().max(0).cast_unsigned())
+        .with_headers(headers)
+}
+
+/// The action id: `act_` + 32 hex digits of SHA-256 over (event id, workflow or webhook id,
+/// action id). The same on every retry and replay, so destinations can de-duplicate.
+pub fn action_id(event_id: &str, source_id: &str, action: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [event_id, source_id, action] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    format!("act_{}", hex::encode(&digest[..16]))
+}
+
+/// The attempt bookkeeping read from a delivery's headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attempts {
+    /// Calls made before this delivery.
+    pub calls: u32,
+    /// Broker-held delays used before this delivery.
+    pub retries: u32,
+}
+
+impl Attempts {
+    /// Reads the counters; missing or malformed headers count as zero.
+    pub fn from_headers(headers: Option<&FieldTable>) -> Attempts {
+        let read = |name| {
+            header_int(headers, name)
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0)
+        };
+        Attempts {
+            calls: read(H_ATTEMPTS),
+            retries: read(H_RETRIES),
+        }
+    }
+}
+
+/// The first-attempt time recorded on the message, if any.
+pub fn first_attempt_at(headers: Option<&FieldTable>) -> Option<String> {
+    header_str(headers, H_FIRST_ATTEMPT).map(str::to_owned)
+}
+
+/// Copies headers, then sets the attempt counters on the copy.
+pub fn with_attempts(headers: Option<&FieldTable>, attempts: Attempts) -> FieldTable {
+    let mut out = headers.cloned().unwrap_or_default();
+    set_int(&mut out, H_ATTEMPTS, i64::from(attempts.calls));
+    set_int(&mut out, H_RETRIES, i64::from(attempts.retries));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_ids_are_stable_and_distinct() {
+        let a = action_id("evt_1", "lead-sync", "hubspot");
+        assert_eq!(a, action_id("evt_1", "lead-sync", "hubspot"));
+        assert_ne!(a, action_id("evt_1", "lead-sync", "hubspot2"));
+        // The separator keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(action_id("e", "ab", "c"), action_id("e", "a", "bc"));
+        assert_eq!(a.len(), 4 + 32);
+    }
+
+    #[test]
+    fn attempts_round_trip_through_headers() {
+        let headers = with_attempts(
+            None,
+            Attempts {
+                calls: 3,
+                retries: 1,
+            },
+        );
+        assert_eq!(
+            Attempts::from_headers(Some(&headers)),
+            Attempts {
+                calls: 3,
+                retries: 1
+            }
+        );
+        assert_eq!(Attempts::from_headers(None), Attempts::default());
+    }
+}

@@ -1,0 +1,434 @@
+//! Everything that talks AMQP: the topology, connections, the confirmed publisher, message headers.
+
+pub mod message;
+
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::{Config, QueueType, format_delay};
+
+/// Quorum queues redeliver a message at most this many times before dead-lettering it: the
+/// backstop against a message that crashes the process every time.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The header naming a retry tier, matched by the retry exchange's bindings.
+pub const RETRY_TIER_HEADER: &str = "x-switchyard-retry-tier";
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The connection or a channel failed.
+    #[error("broker: {context}: {source}")]
+    Amqp {
+        /// What was being done.
+        context: String,
+        /// What lapin said.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused a message (nack) or could not route it.
+    #[error("broker refused a message for {0}")]
+    Refused(String),
+    /// A consumer stream ended (the channel was closed under us).
+    #[error("consumer of {0} stopped")]
+    ConsumerEnded(String),
+}
+
+/// Attaches context to lapin errors.
+pub trait AmqpContext<T> {
+    /// Wraps the error with what was being done.
+    fn context(self, context: impl Into<String>) -> Result<T, BrokerError>;
+}
+
+impl<T> AmqpContext<T> for Result<T, lapin::Error> {
+    fn context(self, context: impl Into<String>) -> Result<T, BrokerError> {
+        self.map_err(|source| BrokerError::Amqp {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// The names of every exchange and queue, derived from `amqp.prefix` (SPEC §1).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Topic exchange upstream publishes to.
+    pub events: String,
+    /// The router's queue.
+    pub router: String,
+    /// Direct exchange of action messages, routing key = connector.
+    pub actions: String,
+    /// (connector, queue) for every connector.
+    pub action_queues: Vec<(&'static str, String)>,
+    /// Headers exchange that routes a delayed message to its tier queue while keeping its routing
+    /// key (the connector), so that dead-lettering returns it to the right action queue.
+    pub retry: String,
+    /// (delay, queue) per tier, in schedule order.
+    pub retry_queues: Vec<(Duration, String)>,
+    /// Dead-lettered actions.
+    pub dead_letter: String,
+    /// Rejected events.
+    pub rejected: String,
+    /// Queue type of every queue.
+    pub queue_type: QueueType,
+    /// Jitter fraction: a tier's queue TTL is its delay stretched by it.
+    pub jitter: f64,
+}
+
+impl Topology {
+    /// The names for a configuration.
+    pub fn new(config: &Config) -> Topology {
+        let mut tiers: Vec<(Duration, String)> = Vec::new();
+        for &delay in &config.retry.schedule {
+            if !tiers.iter().any(|(d, _)| *d == delay) {
+                tiers.push((
+                    delay,
+                    config.name(&format!("retry.{}", format_delay(delay))),
+                ));
+            }
+        }
+        Topology {
+            events: config.name("events"),
+            router: config.name("router"),
+            actions: config.name("actions"),
+            action_queues: crate::config::CONNECTORS
+                .iter()
+                .map(|c| (*c, config.name(&format!("action.{c}"))))
+                .collect(),
+            retry: config.name("retry"),
+            retry_queues: tiers,
+            dead_letter: config.name("dead-letter"),
+            rejected: config.name("events.rejected"),
+            queue_type: config.amqp.queue_type,
+            jitter: config.retry.jitter,
+        }
+    }
+
+    /// The action queue of a connector.
+    pub fn action_queue(&self, connector: &str) -> Option<&str> {
+        self.action_queues
+            .iter()
+            .find(|(c, _)| *c == connector)
+            .map(|(_, q)| q.as_str())
+    }
+
+    /// The tier queue TTL: the delay plus the jitter allowance, so no message waits longer.
+    pub fn tier_ttl(&self, delay: Duration) -> Duration {
+        delay.mul_f64(1.0 + self.jitter)
+    }
+
+    /// Every queue name, for depth gauges.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut queues = vec![self.router.clone()];
+        queues.extend(self.action_queues.iter().map(|(_, q)| q.clone()));
+        queues.extend(self.retry_queues.iter().map(|(_, q)| q.clone()));
+        queues.push(self.dead_letter.clone());
+        queues.push(self.rejected.clone());
+        queues
+    }
+
+    /// Declares everything, idempotently.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (&self.events, ExchangeKind::Topic),
+            (&self.actions, ExchangeKind::Direct),
+            (&self.retry, ExchangeKind::Headers),
+        ] {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await
+                .context(format!("declaring exchange {name}"))?;
+        }
+        // Poison backstop: a message redelivered too often goes where a person will see it.
+        let mut router_args = self.queue_args();
+        self.backstop(&mut router_args, &self.rejected);
+        self.queue(channel, &self.router, router_args).await?;
+        self.bind(
+            channel,
+            &self.router,
+            &self.events,
+            "#",
+            FieldTable::default(),
+        )
+        .await?;
+        for (connector, queue) in &self.action_queues {
+            let mut args = self.queue_args();
+            self.backstop(&mut args, &self.dead_letter);
+            self.queue(channel, queue, args).await?;
+            self.bind(
+                channel,
+                queue,
+                &self.actions,
+                connector,
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        for (delay, queue) in &self.retry_queues {
+            let mut args = self.queue_args();
+            let ttl = i64::try_from(self.tier_ttl(*delay).as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(self.actions.as_str().into()),
+            );
+            if self.queue_type == QueueType::Quorum {
+                // Without these, quorum dead-lettering is at-most-once.
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString("reject-publish".into()),
+                );
+            }
+            self.queue(channel, queue, args).await?;
+            let mut binding = FieldTable::default();
+            binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+            binding.insert(
+                RETRY_TIER_HEADER.into(),
+                AMQPValue::LongString(format_delay(*delay).into()),
+            );
+            self.bind(channel, queue, &self.retry, "", binding).await?;
+        }
+        self.queue(channel, &self.dead_letter, self.queue_args())
+            .await?;
+        self.queue(channel, &self.rejected, self.queue_args())
+            .await?;
+        Ok(())
+    }
+
+    fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
+    }
+
+    fn backstop(&self, args: &mut FieldTable, target: &str) {
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(target.into()),
+            );
+        }
+    }
+
+    async fn queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.into(), options, args)
+            .await
+            .context(format!(
+                "declaring queue {name} (if it exists with other arguments, delete it or use another amqp.prefix)"
+            ))?;
+        Ok(())
+    }
+
+    async fn bind(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> Result<(), BrokerError> {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                args,
+            )
+            .await
+            .context(format!("binding {queue} to {exchange}"))
+    }
+
+    /// Every exchange and queue, for `switchyard topology`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("exchange {} (topic)", self.events),
+            format!("exchange {} (direct)", self.actions),
+            format!("exchange {} (headers)", self.retry),
+            format!("queue {} <- {} #", self.router, self.events),
+        ];
+        for (connector, queue) in &self.action_queues {
+            lines.push(format!("queue {queue} <- {} {connector}", self.actions));
+        }
+        for (delay, queue) in &self.retry_queues {
+            lines.push(format!(
+                "queue {queue} <- {} (ttl {} then back to {})",
+                self.retry,
+                humantime::format_duration(self.tier_ttl(*delay)),
+                self.actions
+            ));
+        }
+        lines.push(format!("queue {}", self.dead_letter));
+        lines.push(format!("queue {}", self.rejected));
+        lines
+    }
+}
+
+/// Opens a connection named after the process role.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .context(format!("connecting to {}", redact_url(url)))
+}
+
+/// The broker URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "the configured amqp.url".into(),
+    }
+}
+
+/// A channel in confirm mode, shared by every task that publishes.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    /// The confirm-mode channel.
+    channel: Channel,
+}
+
+/// A publish whose confirm has not arrived yet.
+pub type PendingConfirm = lapin::PublisherConfirm;
+
+impl Publisher {
+    /// Opens a channel and enables publisher confirms.
+    pub async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening the publish channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        Ok(Publisher { channel })
+    }
+
+    /// Sends a persistent message; await the result with [`Publisher::confirmed`].
+    /// `mandatory` makes an unroutable message come back as a failure instead of vanishing.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm, BrokerError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .context(format!("publishing to {exchange} {routing_key}"))
+    }
+
+    /// Waits for a confirm; a nack or a returned (unroutable) message is an error.
+    pub async fn confirmed(pending: PendingConfirm, what: &str) -> Result<(), BrokerError> {
+        match pending.await.context(format!("confirming {what}"))? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => {
+                Err(BrokerError::Refused(what.to_owned()))
+            }
+        }
+    }
+
+    /// Publishes and waits for the confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let pending = self.send(exchange, routing_key, body, properties).await?;
+        Publisher::confirmed(pending, routing_key).await
+    }
+
+    /// The underlying channel (for passive declares and gets).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+/// A string header.
+pub fn header_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// An integer header, whatever width it was sent with.
+pub fn header_int(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Sets a string header.
+pub fn set_str(headers: &mut FieldTable, name: &str, value: impl Into<LongString>) {
+    headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+}
+
+/// Sets an integer header.
+pub fn set_int(headers: &mut FieldTable, name: &str, value: i64) {
+    headers.insert(ShortString::from(name), AMQPValue::LongLongInt(value));
+}

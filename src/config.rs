@@ -1,0 +1,483 @@
+//! The service configuration (SPEC §3): embedded defaults, then the YAML file, then `SWITCHYARD__…`
+//! environment overrides, then validation with messages a user can act on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The defaults, as YAML: the same values `config/switchyard.yaml` documents.
+const DEFAULTS: &str = r#"
+amqp:
+  url: amqp://guest:guest@127.0.0.1:5672/%2f
+  prefix: switchyard
+  queue_type: quorum
+router:
+  prefetch: 256
+  max_event_bytes: 262144
+worker:
+  connectors: [http, webhook, salesforce, mailchimp, braze]
+  concurrency: 128
+  prefetch: 256
+retry:
+  schedule: [5s, 30s, 2m, 10m, 30m, 2h, 6h]
+  jitter: 0.2
+  quick_attempts: 2
+http:
+  timeout: 15s
+  max_response_bytes: 1048576
+  max_body_bytes: 1048576
+  allow_networks: []
+metrics:
+  listen: 0.0.0.0:9464
+log:
+  format: json
+  level: info
+shutdown_grace: 30s
+workflows:
+  paths: [config/workflows]
+secrets:
+  dir: /var/run/secrets/switchyard
+"#;
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 4] = [
+    "worker.connectors",
+    "retry.schedule",
+    "http.allow_networks",
+    "workflows.paths",
+];
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override could not be read or does not have the right shape.
+    #[error("{path}: {source}")]
+    Load {
+        /// The configuration file.
+        path: PathBuf,
+        /// What the config crate said.
+        #[source]
+        source: config::ConfigError,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The broker connection and the names of everything declared on it.
+    pub amqp: AmqpConfig,
+    /// The router role.
+    pub router: RouterConfig,
+    /// The worker role.
+    pub worker: WorkerConfig,
+    /// Quick in-process retries and broker-held delays.
+    pub retry: RetryConfig,
+    /// Outbound HTTP.
+    pub http: HttpConfig,
+    /// The metrics and health endpoint.
+    pub metrics: MetricsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// How long in-flight actions may take to finish after SIGTERM.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+    /// Where the connections, workflows and webhooks are defined.
+    pub workflows: WorkflowsConfig,
+    /// Where secrets are read from (besides `SWITCHYARD_SECRET_*`).
+    pub secrets: SecretsConfig,
+}
+
+/// `amqp:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://` or `amqps://` URL, with credentials and vhost.
+    pub url: String,
+    /// The first part of every exchange and queue name.
+    pub prefix: String,
+    /// The type of every queue declared.
+    pub queue_type: QueueType,
+}
+
+/// The RabbitMQ queue type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, durable (the default).
+    Quorum,
+    /// Classic durable queues.
+    Classic,
+}
+
+/// `router:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Unacked events the broker may push to the router at once.
+    pub prefetch: u16,
+    /// Larger events are rejected.
+    pub max_event_bytes: usize,
+}
+
+/// `worker:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The action queues this process consumes.
+    pub connectors: Vec<String>,
+    /// In-flight actions per process.
+    pub concurrency: usize,
+    /// Unacked actions the broker may push per queue.
+    pub prefetch: u16,
+}
+
+/// `retry:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Broker-held delays between attempts, one queue each; after the last, dead-letter.
+    #[serde(deserialize_with = "de_durations")]
+    pub schedule: Vec<Duration>,
+    /// ± fraction applied to each delay.
+    pub jitter: f64,
+    /// In-process retries before the first broker-held delay.
+    pub quick_attempts: u32,
+}
+
+/// `http:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Whole-request timeout (connect, send, read).
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Response bodies are read up to this many bytes.
+    pub max_response_bytes: usize,
+    /// Rendered request bodies larger than this are refused.
+    pub max_body_bytes: usize,
+    /// CIDRs exempt from the private-network block.
+    pub allow_networks: Vec<String>,
+}
+
+/// `metrics:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz` (port 0 picks a free one).
+    pub listen: SocketAddr,
+}
+
+/// `log:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, or `switchyard=debug,lapin=warn`.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// `workflows:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    /// Files or folders of `*.yaml`, relative to the working directory.
+    pub paths: Vec<PathBuf>,
+}
+
+/// `secrets:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// One file per secret, named after it.
+    pub dir: PathBuf,
+}
+
+/// The connectors switchyard knows, in queue order.
+pub const CONNECTORS: [&str; 5] = ["http", "webhook", "salesforce", "mailchimp", "braze"];
+
+impl Config {
+    /// Loads defaults, then `path` (which must exist unless it is the default path), then the
+    /// process environment.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, required, None)
+    }
+
+    /// Like [`Config::load`], with an explicit environment (tests).
+    pub fn load_with_env(
+        path: &Path,
+        required: bool,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let load_err = |source| ConfigError::Load {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut environment = config::Environment::with_prefix("SWITCHYARD")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .source(env);
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let config: Config = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Yaml)
+                    .required(required),
+            )
+            .add_source(environment)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(load_err)?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Builds a configuration from YAML text alone (tests, examples).
+    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
+        let path = PathBuf::from("<inline>");
+        let config: Config = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Yaml))
+            .add_source(config::File::from_str(yaml, config::FileFormat::Yaml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|source| ConfigError::Load {
+                path: path.clone(),
+                source,
+            })?;
+        config
+            .validate()
+            .map_err(|message| ConfigError::Invalid { path, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+            return Err("amqp.url must start with amqp:// or amqps://".into());
+        }
+        let prefix_ok = !self.amqp.prefix.is_empty()
+            && self
+                .amqp
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !prefix_ok {
+            return Err(format!(
+                "amqp.prefix {:?} must be non-empty and use only letters, digits, '-', '_', '.' or ':'",
+                self.amqp.prefix
+            ));
+        }
+        for connector in &self.worker.connectors {
+            if !CONNECTORS.contains(&connector.as_str()) {
+                return Err(format!(
+                    "worker.connectors: unknown connector {connector:?} (known: {})",
+                    CONNECTORS.join(", ")
+                ));
+            }
+        }
+        if self.worker.concurrency == 0 {
+            return Err("worker.concurrency must be at least 1".into());
+        }
+        if self.router.prefetch == 0 || self.worker.prefetch == 0 {
+            return Err("router.prefetch and worker.prefetch must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.retry.jitter) {
+            return Err(format!(
+                "retry.jitter must be in [0, 1), got {}",
+                self.retry.jitter
+            ));
+        }
+        if self.retry.schedule.iter().any(Duration::is_zero) {
+            return Err("retry.schedule delays must be longer than zero".into());
+        }
+        if self.http.timeout.is_zero() {
+            return Err("http.timeout must be longer than zero".into());
+        }
+        for cidr in &self.http.allow_networks {
+            crate::net::parse_cidr(cidr)
+                .map_err(|e| format!("http.allow_networks: {cidr:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The name of an exchange or queue under this deployment's prefix.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.amqp.prefix)
+    }
+}
+
+/// Parses `15s`, `2m`, `1h 30m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e})"))
+}
+
+/// Formats a delay the way retry queues are named: `5s`, `2m`, `6h`, `1500ms`.
+pub fn format_delay(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let secs = delay.as_secs();
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Text(String),
+    Secs(u64),
+}
+
+impl DurationRepr {
+    fn into_duration<E: serde::de::Error>(self) -> Result<Duration, E> {
+        match self {
+            DurationRepr::Text(text) => parse_duration(&text).map_err(E::custom),
+            DurationRepr::Secs(secs) => Ok(Duration::from_secs(secs)),
+        }
+    }
+}
+
+/// Deserialises a duration written as `15s`, `2m` or seconds.
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    DurationRepr::deserialize(d)?.into_duration()
+}
+
+/// Deserialises an optional duration.
+pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<DurationRepr>::deserialize(d)?
+        .map(DurationRepr::into_duration)
+        .transpose()
+}
+
+fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<DurationRepr>::deserialize(d)?
+        .into_iter()
+        .map(DurationRepr::into_duration)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> config::Map<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load_with_env(Path::new("/nonexistent.yaml"), false, Some(env(&[])))
+            .expect("defaults load");
+        assert_eq!(c.amqp.prefix, "switchyard");
+        assert_eq!(c.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(c.router.prefetch, 256);
+        assert_eq!(c.router.max_event_bytes, 262_144);
+        assert_eq!(c.worker.connectors.len(), 5);
+        assert_eq!(c.retry.schedule.len(), 7);
+        assert_eq!(c.retry.schedule[2], Duration::from_secs(120));
+        assert_eq!(c.http.timeout, Duration::from_secs(15));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.yaml");
+        std::fs::write(
+            &path,
+            "amqp:\n  prefix: fromfile\nrouter:\n  prefetch: 10\n",
+        )
+        .expect("write");
+        let c = Config::load_with_env(
+            &path,
+            true,
+            Some(env(&[
+                ("SWITCHYARD__AMQP__PREFIX", "fromenv"),
+                ("SWITCHYARD__WORKER__CONNECTORS", "http,webhook"),
+                ("SWITCHYARD__RETRY__SCHEDULE", "1s,2s"),
+                ("SWITCHYARD__SHUTDOWN_GRACE", "5s"),
+            ])),
+        )
+        .expect("loads");
+        assert_eq!(c.amqp.prefix, "fromenv");
+        assert_eq!(c.router.prefetch, 10);
+        assert_eq!(c.worker.connectors, vec!["http", "webhook"]);
+        assert_eq!(
+            c.retry.schedule,
+            vec![Duration::from_secs(1), Duration::from_secs(2)]
+        );
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("amqp:\n  url: http://x\n", "amqp.url"),
+            ("worker:\n  connectors: [smtp]\n", "smtp"),
+            ("retry:\n  jitter: 1.5\n", "retry.jitter"),
+            ("http:\n  timeout: soon\n", "soon"),
+            ("amqp:\n  prefix: 'a b'\n", "amqp.prefix"),
+            ("amqp:\n  queue_type: stream\n", "stream"),
+            ("nonsense: 1\n", "nonsense"),
+        ];
+        for (yaml, needle) in cases {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.contains(needle), "{yaml:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn delays_are_named_compactly() {
+        let cases = [
+            (5, "5s"),
+            (30, "30s"),
+            (120, "2m"),
+            (600, "10m"),
+            (7200, "2h"),
+            (90, "90s"),
+        ];
+        for (secs, name) in cases {
+            assert_eq!(format_delay(Duration::from_secs(secs)), name);
+        }
+        assert_eq!(format_delay(Duration::from_millis(1500)), "1500ms");
+    }
+}

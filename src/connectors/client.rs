@@ -1,0 +1,107 @@
+//! The one outbound HTTP client: timeouts, a bounded response read, and errors that never echo a
+//! URL (URLs may hold secrets).
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, USER_AGENT};
+
+use super::Request;
+use crate::config::HttpConfig;
+use crate::outcome::{self, Outcome};
+
+/// `User-Agent` of every request.
+pub const AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
+
+/// A shared, cheaply cloned HTTP client.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    /// The connection pool.
+    client: reqwest::Client,
+    /// Response bodies are read up to this many bytes.
+    max_response_bytes: usize,
+    /// The default whole-request timeout, for error messages.
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// Builds the client from `http:` settings.
+    pub fn new(config: &HttpConfig) -> Result<HttpClient, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(HttpClient {
+            client,
+            max_response_bytes: config.max_response_bytes,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Sends a request and classifies what comes back.
+    pub async fn send(&self, request: Request) -> Outcome {
+        let host = request.url.host_str().unwrap_or("?").to_owned();
+        let timeout = request.timeout.unwrap_or(self.timeout);
+        let mut builder = self
+            .client
+            .request(request.method, request.url)
+            .headers(request.headers)
+            .header(USER_AGENT, HeaderValue::from_static(AGENT));
+        if let Some(t) = request.timeout {
+            builder = builder.timeout(t);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let mut response = match builder.send().await {
+            Ok(response) => response,
+            Err(e) => return transport_failure(&e, &host, timeout),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(None) => break,
+                Ok(Some(chunk)) => {
+                    let room = self.max_response_bytes.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if chunk.len() >= room {
+                        break;
+                    }
+                }
+                Err(e) => return transport_failure(&e, &host, timeout),
+            }
+        }
+        outcome::classify_response(status, &headers, &body, &host)
+    }
+}
+
+/// A failure before a complete response: always retryable, described without the URL.
+fn transport_failure(error: &reqwest::Error, host: &str, timeout: Duration) -> Outcome {
+    if error.is_timeout() {
+        return Outcome::retry(format!(
+            "no response from {host} within {}",
+            crate::config::format_delay(timeout)
+        ));
+    }
+    let what = if error.is_connect() {
+        "could not connect to"
+    } else {
+        "request failed to"
+    };
+    // The innermost source says why (refused, reset, DNS); reqwest's own text names the URL.
+    let detail = match error.source() {
+        None => "transport error".to_owned(),
+        Some(mut cause) => {
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            cause.to_string()
+        }
+    };
+    Outcome::retry(format!("{what} {host}: {detail}"))
+}

@@ -1,0 +1,131 @@
+//! The external systems switchyard calls. One variant of [`ActionSpec`] per kind of action; each
+//! compiles its settings once and turns a rendered action into an [`Outcome`].
+
+pub mod client;
+pub mod http;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use url::Url;
+
+use crate::outcome::Outcome;
+use crate::template::{Context, Engine};
+use crate::workflow::def::ActionDef;
+use crate::workflow::{ActionScope, Problem};
+pub use client::HttpClient;
+
+/// A compiled action of one of the connector kinds.
+#[derive(Debug)]
+pub enum ActionSpec {
+    /// A custom HTTP request.
+    Http(http::HttpAction),
+}
+
+/// Everything an action needs besides its own settings: shared clients, built once per process.
+#[derive(Clone, Debug)]
+pub struct Connectors {
+    /// The outbound HTTP client every connector uses.
+    pub http: HttpClient,
+}
+
+/// One action about to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    /// The stable action id (`Idempotency-Key`, `webhook-id`).
+    pub action_id: &'a str,
+    /// What templates see.
+    pub ctx: Context<'a>,
+}
+
+/// A request fully rendered, as it will go on the wire.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// The URL with its query.
+    pub url: Url,
+    /// Every header switchyard sets.
+    pub headers: HeaderMap,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+    /// Overrides the client's timeout.
+    pub timeout: Option<Duration>,
+}
+
+impl ActionSpec {
+    /// Compiles the one connector section an action has.
+    pub fn compile(
+        def: &ActionDef,
+        engine: &Engine,
+        scope: &ActionScope<'_>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<ActionSpec> {
+        let kinds = [
+            ("http", def.http.is_some()),
+            ("salesforce", def.salesforce.is_some()),
+            ("mailchimp", def.mailchimp.is_some()),
+            ("braze", def.braze.is_some()),
+        ];
+        let named: Vec<&str> = kinds
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| *k)
+            .collect();
+        match named.as_slice() {
+            ["http"] => {
+                let http = def.http.as_ref()?;
+                http::HttpAction::compile(http, engine, scope, problems).map(ActionSpec::Http)
+            }
+            [] => {
+                scope.error(
+                    problems,
+                    "names no action kind; use one of http, salesforce, mailchimp, braze",
+                );
+                None
+            }
+            [one] => {
+                scope.error(
+                    problems,
+                    format!("the {one} connected app is not available in this version"),
+                );
+                None
+            }
+            many => {
+                scope.error(
+                    problems,
+                    format!(
+                        "names several action kinds ({}); use one per action",
+                        many.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The connector queue the action travels on.
+    pub fn connector(&self) -> &'static str {
+        match self {
+            ActionSpec::Http(_) => "http",
+        }
+    }
+
+    /// Renders the request(s) the action would send, for `switchyard test`.
+    pub fn preview(&self, call: &Call<'_>) -> Result<Request, Outcome> {
+        match self {
+            ActionSpec::Http(action) => action.render(call),
+        }
+    }
+
+    /// Runs the action once.
+    pub async fn execute(&self, call: &Call<'_>, connectors: &Connectors) -> Outcome {
+        match self {
+            ActionSpec::Http(action) => match action.render(call) {
+                Ok(request) => connectors.http.send(request).await,
+                Err(outcome) => outcome,
+            },
+        }
+    }
+}

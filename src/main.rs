@@ -1,0 +1,143 @@
+//! The `switchyard` command line (SPEC §4).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::{Role, Service, cli, telemetry};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Carries engagement events from RabbitMQ to Salesforce, Mailchimp, Braze, any REST API and
+/// signed webhooks.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The configuration file; every key can be overridden as SWITCHYARD__SECTION__KEY.
+    #[arg(long, global = true, default_value = switchyard::DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the service until SIGTERM or SIGINT; SIGHUP reloads the workflow files.
+    Run {
+        /// Which part of the pipeline this process runs.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Checks the configuration and every workflow; exit 1 if anything is wrong.
+    Validate,
+    /// Dry run: which workflows and webhooks match an event, and the exact requests (secrets
+    /// redacted). Sends nothing.
+    Test {
+        /// A JSON event, as upstream would publish it.
+        #[arg(long)]
+        event: PathBuf,
+    },
+    /// Publishes an event file to the events exchange (demos, smoke tests).
+    Publish {
+        /// A JSON event.
+        #[arg(long)]
+        event: PathBuf,
+        /// How many copies (ids get a -N suffix when more than one).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// At most this many per second (default: as fast as confirms allow).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Declares the exchanges and queues and prints them.
+    Topology,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match cli::load_config(&args.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    match args.command {
+        Command::Run { role } => runtime.block_on(run(config, role)),
+        Command::Validate => cli::validate(&config, &mut out),
+        Command::Test { event } => cli::dry_run(&config, &event, &mut out),
+        Command::Publish { event, count, rate } => {
+            runtime.block_on(cli::publish(&config, &event, count, rate, &mut out))
+        }
+        Command::Topology => runtime.block_on(cli::topology(&config, &mut out)),
+    }
+}
+
+async fn run(config: switchyard::Config, role: Role) -> ExitCode {
+    telemetry::init_logging(&config.log);
+    let shutdown = CancellationToken::new();
+    let service = match Service::start(config, role, shutdown.clone()).await {
+        Ok(service) => service,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::from(cli::USER_ERROR);
+        }
+    };
+    let app = service.app.clone();
+    tokio::spawn(async move {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => signal,
+            Err(e) => {
+                warn!(error = %e, "SIGHUP reload unavailable");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match app.reload() {
+                Ok(count) => info!(workflows = count, "workflows reloaded"),
+                Err(problems) => {
+                    for problem in &problems {
+                        error!(problem = %problem, "reload refused; the previous workflows keep running");
+                    }
+                }
+            }
+        }
+    });
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        stop.cancel();
+    });
+    match service.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "stopped with an error");
+            ExitCode::from(cli::UNREACHABLE)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The router: one event in, one confirmed message per matching action out, then the ack.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+use crate::app::App;
+use crate::broker::message::{ActionMessageRef, action_id};
+use crate::broker::{AmqpContext, BrokerError, PendingConfirm, Publisher, set_str};
+use crate::event::{Event, Rejection};
+use crate::telemetry::{ConnectorLabel, ReasonLabel, TypeLabel};
+use crate::workflow::Catalog;
+
+/// The action id webhooks deliveries use.
+pub const WEBHOOK_ACTION: &str = "deliver";
+
+/// Consumes the router queue until `stop`; returns an error when the channel fails.
+pub async fn run(
+    app: Arc<App>,
+    connection: Arc<Connection>,
+    publisher: Publisher,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening the router channel")?;
+    channel
+        .basic_qos(app.config.router.prefetch, BasicQosOptions::default())
+        .await
+        .context("setting the router prefetch")?;
+    let mut consumer = channel
+        .basic_consume(
+            app.topology.router.as_str().into(),
+            "switchyard-router".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context(format!("consuming {}", app.topology.router))?;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => {
+                return Err(BrokerError::Amqp {
+                    context: "router consumer".into(),
+                    source: e,
+                });
+            }
+            None => return Err(BrokerError::ConsumerEnded(app.topology.router.clone())),
+        };
+        let routed = route(&app, &publisher, &delivery).await?;
+        let app = app.clone();
+        let channel = channel.clone();
+        tracker.spawn(async move { settle(&app, channel, delivery, routed).await });
+    }
+}
+
+/// What routing an event produced: confirms to wait for before the ack.
+struct Routed {
+    /// The event id, for logs (empty for rejected events).
+    event_id: String,
+    /// (connector, confirm) per action message; the rejected copy has connector "".
+    pending: Vec<(&'static str, PendingConfirm)>,
+}
+
+/// Validates and matches one event, and publishes its action messages (confirms pending).
+async fn route(
+    app: &App,
+    publisher: &Publisher,
+    delivery: &Delivery,
+) -> Result<Routed, BrokerError> {
+    let event = match Event::parse(&delivery.data, app.config.router.max_event_bytes) {
+        Ok(event) => event,
+        Err(rejection) => return reject(app, publisher, delivery, &rejection).await,
+    };
+    app.metrics
+        .events_received
+        .get_or_create(&TypeLabel {
+            r#type: event.kind.name,
+        })
+        .inc();
+    let catalog = app.catalog.load();
+    let ctx = Catalog::trigger_context(&event);
+    let mut pending = Vec::new();
+    for workflow in catalog.candidates(&event) {
+        match workflow.condition_holds(&ctx) {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(event_id = %event.id, workflow = %workflow.id, "trigger condition is false");
+                continue;
+            }
+            Err(e) => {
+                warn!(event_id = %event.id, workflow = %workflow.id, error = %e, "trigger condition failed to evaluate; workflow not run");
+                continue;
+            }
+        }
+        for action in workflow.roots() {
+            let connector = action.spec.connector();
+            let id = action_id(&event.id, &workflow.id, &action.id);
+            let message = ActionMessageRef {
+                id: &id,
+                workflow: Some(&workflow.id),
+                webhook: None,
+                action: &action.id,
+                connector,
+                workspace: &event.workspace,
+                event: &event.body,
+                steps: None,
+            };
+            pending.push((connector, send(app, publisher, &message, &event.id).await?));
+        }
+    }
+    for webhook in catalog.webhooks_for(&event) {
+        let id = action_id(&event.id, &webhook.id, WEBHOOK_ACTION);
+        let message = ActionMessageRef {
+            id: &id,
+            workflow: None,
+            webhook: Some(&webhook.id),
+            action: WEBHOOK_ACTION,
+            connector: "webhook",
+            workspace: &event.workspace,
+            event: &event.body,
+            steps: None,
+        };
+        pending.push(("webhook", send(app, publisher, &message, &event.id).await?));
+    }
+    if pending.is_empty() {
+        app.metrics.events_unmatched.inc();
+        debug!(event_id = %event.id, r#type = event.kind.name, "event matched no workflow or webhook");
+    }
+    Ok(Routed {
+        event_id: event.id,
+        pending,
+    })
+}
+
+async fn send(
+    app: &App,
+    publisher: &Publisher,
+    message: &ActionMessageRef<'_>,
+    event_id: &str,
+) -> Result<PendingConfirm, BrokerError> {
+    let (body, properties) = message.encode(event_id);
+    publisher
+        .send(&app.topology.actions, message.connector, &body, properties)
+        .await
+}
+
+/// Copies a bad event to `events.rejected` with its reason.
+async fn reject(
+    app: &App,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    rejection: &Rejection,
+) -> Result<Routed, BrokerError> {
+    app.metrics
+        .events_rejected
+        .get_or_create(&ReasonLabel {
+            reason: rejection.label(),
+        })
+        .inc();
+    let reason = rejection.to_string();
+    warn!(reason = %reason, label = rejection.label(), "event rejected");
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    set_str(&mut headers, "x-switchyard-reason", reason.as_str());
+    set_str(
+        &mut headers,
+        "x-switchyard-rejected-at",
+        chrono::Utc::now().to_rfc3339().as_str(),
+    );
+    let mut properties = BasicProperties::default().with_headers(headers);
+    if let Some(content_type) = delivery.properties.content_type() {
+        properties = properties.with_content_type(content_type.clone());
+    }
+    let pending = publisher
+        .send("", &app.topology.rejected, &delivery.data, properties)
+        .await?;
+    Ok(Routed {
+        event_id: String::new(),
+        pending: vec![("", pending)],
+    })
+}
+
+/// Waits for every confirm, then acks the event; on a refusal, hands the event back.
+async fn settle(app: &App, _channel: Channel, delivery: Delivery, routed: Routed) {
+    let mut refused = None;
+    for (connector, pending) in routed.pending {
+        match Publisher::confirmed(pending, connector).await {
+            Ok(()) if !connector.is_empty() => {
+                app.metrics
+                    .actions_enqueued
+                    .get_or_create(&ConnectorLabel { connector })
+                    .inc();
+            }
+            Ok(()) => {}
+            Err(e) => refused = Some(e),
+        }
+    }
+    let result = match refused {
+        None => delivery.acker.ack(BasicAckOptions::default()).await,
+        Some(e) => {
+            error!(event_id = %routed.event_id, error = %e, "an action message was not confirmed; the event goes back to the queue");
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        warn!(event_id = %routed.event_id, error = %e, "could not settle the event; the broker will redeliver it");
+    }
+}
