@@ -345,13 +345,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Formats a delay the way retry queues are named: `5s`, `2m`, `6h`, `1500ms`.
 pub fn format_delay(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = delay.as_secs();
     match secs {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
 }

@@ -24,7 +24,7 @@ use crate::broker::message::{
 };
 use crate::broker::{AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, set_int, set_str};
 use crate::config::format_delay;
-use crate::connectors::Call;
+use crate::connectors::{Call, Target};
 use crate::outcome::{ErrorClass, Failure, Outcome};
 use crate::telemetry::{ConnectorLabel, DeadLabel};
 use crate::template::{Context, SecretsView};
@@ -220,18 +220,26 @@ impl Job {
             (None, None)
         };
 
-        let Some(spec) = spec else {
-            // Webhook deliveries arrive with the webhook connector.
-            let failure = config_failure(format!(
-                "{source}: this version has no {} connector",
-                self.connector
-            ));
-            return self
-                .dead_letter(delivery, Some(&message), &failure, attempts)
-                .await;
+        let target = match (spec, &message.webhook) {
+            (Some(spec), _) => Target::Action(spec),
+            (None, Some(id)) => match catalog.webhook(id) {
+                Some(webhook) => Target::Webhook(webhook),
+                None => {
+                    let failure = config_failure(format!("webhook {id} is no longer loaded"));
+                    return self
+                        .dead_letter(delivery, Some(&message), &failure, attempts)
+                        .await;
+                }
+            },
+            (None, None) => {
+                let failure = config_failure("action message names no workflow or webhook".into());
+                return self
+                    .dead_letter(delivery, Some(&message), &failure, attempts)
+                    .await;
+            }
         };
 
-        let outcome = self.call_with_quick_retries(spec, &call, attempts).await;
+        let outcome = self.call_with_quick_retries(target, &call, attempts).await;
         let calls = attempts.calls + outcome.1;
         let mut attempts = Attempts {
             calls,
@@ -337,7 +345,7 @@ impl Job {
     /// the remote said when to come back. Returns the last outcome and the number of calls.
     async fn call_with_quick_retries(
         &self,
-        spec: &crate::connectors::ActionSpec,
+        target: Target<'_>,
         call: &Call<'_>,
         attempts: Attempts,
     ) -> (Outcome, u32) {
@@ -364,7 +372,7 @@ impl Job {
         loop {
             in_flight.inc();
             let started = Instant::now();
-            let outcome = spec.execute(call, &self.app.connectors).await;
+            let outcome = target.execute(call, &self.app.connectors).await;
             in_flight.dec();
             calls += 1;
             self.app

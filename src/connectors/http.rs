@@ -79,7 +79,7 @@ impl HttpAction {
         };
         let url = scope.text(engine, "http.url", &def.url, true, problems);
         if let Some(url) = &url
-            && url.variables().is_empty()
+            && url.literal().is_some()
         {
             match Url::parse(url.source()) {
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod http;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use url::Url;
 use crate::outcome::Outcome;
 use crate::template::{Context, Engine};
 use crate::workflow::def::ActionDef;
-use crate::workflow::{ActionScope, Problem};
+use crate::workflow::{ActionScope, Problem, Webhook};
 pub use client::HttpClient;
 
 /// A compiled action of one of the connector kinds.
@@ -126,6 +127,30 @@ impl ActionSpec {
                 Ok(request) => connectors.http.send(request).await,
                 Err(outcome) => outcome,
             },
+        }
+    }
+}
+
+/// What a worker runs: a workflow action, or a webhook delivery.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// A workflow action.
+    Action(&'a ActionSpec),
+    /// A webhook subscription.
+    Webhook(&'a Webhook),
+}
+
+impl Target<'_> {
+    /// Runs it once.
+    pub async fn execute(&self, call: &Call<'_>, connectors: &Connectors) -> Outcome {
+        match self {
+            Target::Action(spec) => spec.execute(call, connectors).await,
+            Target::Webhook(webhook) => {
+                match webhook::render(webhook, call, chrono::Utc::now().timestamp()) {
+                    Ok(request) => connectors.http.send(request).await,
+                    Err(outcome) => outcome,
+                }
+            }
         }
     }
 }
