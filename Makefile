@@ -62,7 +62,7 @@ rabbitmq: ## Start a local RabbitMQ if none answers on 127.0.0.1:5672
 run: rabbitmq ## Run the service against the local broker with config/switchyard.yaml
 	$(CARGO) run --release -- run --config $(CONFIG)
 
-sink: ## Run the demo sink on 127.0.0.1:8080 (prints every request it receives)
+sink: ## Run the demo sink on 127.0.0.1:8080 (prints every request it receives; SINK_LISTEN= to move it)
 	$(CARGO) run --release --example sink
 
 publish: ## Publish the example event (examples/events/data-captured.json)
@@ -78,8 +78,10 @@ test: rabbitmq ## Run all tests (cargo nextest when installed, else cargo test)
 	fi
 	@# Checks of the deployment files (promtool check rules …) go here.
 
-bench: ## Measure end-to-end throughput and latency (switchyard-bench)
-	$(CARGO) run --release --bin switchyard-bench -- $(BENCH_ARGS)
+# The bench runs the release `switchyard` binary as a child process, so both must be built.
+bench: rabbitmq ## Measure throughput, latency and memory against the broker's ceiling (switchyard-bench)
+	$(CARGO) build --release --bins
+	./target/release/switchyard-bench $(BENCH_ARGS)
 
 lint: ## Check formatting and clippy warnings
 	$(CARGO) fmt --all -- --check

@@ -25,13 +25,13 @@ pub const CATALOG: &[EventType] = &[
         name: "Gameplay.DataCaptured",
         aliases: &[],
         trigger: true,
-        carries: &["form_fields"],
+        carries: &["form_fields", "gameplay"],
     },
     EventType {
         name: "Gameplay.DataCapturedQualified",
         aliases: &[],
         trigger: true,
-        carries: &["form_fields"],
+        carries: &["form_fields", "gameplay"],
     },
     EventType {
         name: "Gameplay.Ended",
@@ -43,7 +43,7 @@ pub const CATALOG: &[EventType] = &[
         name: "Prize.Won",
         aliases: &["Prize.Awarded"],
         trigger: true,
-        carries: &["prize"],
+        carries: &["prize", "gameplay"],
     },
     EventType {
         name: "Coupon.Redeemed",
@@ -67,7 +67,7 @@ pub const CATALOG: &[EventType] = &[
         name: "Form.Submitted",
         aliases: &[],
         trigger: false,
-        carries: &["form_fields"],
+        carries: &["form_fields", "gameplay"],
     },
     EventType {
         name: "Prize.Claimed",

@@ -9,13 +9,14 @@
 //! - [`connectors`]: one place per external system; [`outcome`] classifies every result.
 //! - [`app`]: the service, its broker supervisor and graceful shutdown; [`server`] and
 //!   [`telemetry`]: health, metrics, logs.
-//! - [`cli`]: the commands of SPEC §4 besides `run`.
+//! - [`cli`]: the commands of SPEC §4 besides `run` and `dlq`; [`dlq`]: the dead-letter commands.
 
 pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod dlq;
 pub mod event;
 pub mod net;
 pub mod outcome;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{Role, Service, cli, telemetry};
+use switchyard::{Role, Service, cli, dlq, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -51,10 +51,27 @@ enum Command {
     },
     /// Declares the exchanges and queues and prints them.
     Topology,
+    /// Browses and repairs the dead-letter queue: stats, list, show, replay, export, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::Command,
+    },
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Bad arguments are a user error (exit 1, SPEC §4); clap's own default would be 2, which
+    // means "unreachable" here. --help and --version print and exit 0.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::USER_ERROR)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let config = match cli::load_config(&args.config) {
         Ok(config) => config,
         Err(code) => return code,
@@ -78,6 +95,7 @@ fn main() -> ExitCode {
             runtime.block_on(cli::publish(&config, &event, count, rate, &mut out))
         }
         Command::Topology => runtime.block_on(cli::topology(&config, &mut out)),
+        Command::Dlq { command } => runtime.block_on(dlq::run(&config, command, &mut out)),
     }
 }
 

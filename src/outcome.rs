@@ -221,6 +221,23 @@ fn httpdate_parse(value: &str) -> Result<SystemTime, ()> {
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// Replaces every secret value (and its base64 form, as in a Basic credential) in a text with
+/// `[redacted]`. Values shorter than 4 characters are left alone: they cannot be told from text.
+pub fn redact<'a>(text: &str, secrets: impl Iterator<Item = &'a String>) -> String {
+    use base64::Engine as _;
+    let mut out = text.to_owned();
+    for secret in secrets.filter(|s| s.len() >= 4) {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "[redacted]");
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+        if out.contains(&encoded) {
+            out = out.replace(&encoded, "[redacted]");
+        }
+    }
+    out
+}
+
 /// Folds a message onto one line and truncates it.
 pub fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_REASON_CHARS + 1));
@@ -349,6 +366,16 @@ mod tests {
                 None => assert!(got.is_some(), "{name}: {value} should parse"),
             }
         }
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_reasons() {
+        let secrets = ["sk_live_123456".to_string(), "abc".to_string()];
+        let reason = "HTTP 401 from x: key sk_live_123456 (c2tfbGl2ZV8xMjM0NTY=) is not valid; abc";
+        assert_eq!(
+            redact(reason, secrets.iter()),
+            "HTTP 401 from x: key [redacted] ([redacted]) is not valid; abc"
+        );
     }
 
     #[test]

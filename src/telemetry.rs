@@ -244,6 +244,9 @@ impl Metrics {
             })
             .set(1);
         registry.register("switchyard_build_info", "Build information", build_info);
+        for result in ["ok", "error"] {
+            drop(m.config_reloads.get_or_create(&ResultLabel { result }));
+        }
         for &connector in connectors {
             let label = ConnectorLabel { connector };
             drop(m.actions_in_flight.get_or_create(&label));

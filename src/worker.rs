@@ -372,7 +372,13 @@ impl Job {
         loop {
             in_flight.inc();
             let started = Instant::now();
-            let outcome = target.execute(call, &self.app.connectors).await;
+            let mut outcome = target.execute(call, &self.app.connectors).await;
+            // A remote may echo a credential back; nothing below may log or record it.
+            if let (Outcome::Retry(failure) | Outcome::Fail(failure), SecretsView::Real(secrets)) =
+                (&mut outcome, call.ctx.secrets)
+            {
+                failure.reason = crate::outcome::redact(&failure.reason, secrets.values());
+            }
             in_flight.dec();
             calls += 1;
             self.app
@@ -487,6 +493,15 @@ impl Job {
         match result {
             Ok(()) => {
                 self.app.metrics.attempt(self.connector, "dead");
+                if failure.class == ErrorClass::Blocked {
+                    self.app
+                        .metrics
+                        .outbound_blocked
+                        .get_or_create(&ConnectorLabel {
+                            connector: self.connector,
+                        })
+                        .inc();
+                }
                 self.app
                     .metrics
                     .dead_lettered

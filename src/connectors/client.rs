@@ -6,9 +6,16 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderValue, USER_AGENT};
 
+use std::sync::Arc;
+
 use super::Request;
 use crate::config::HttpConfig;
+use crate::net::{Guard, GuardedResolver, find_blocked};
+use crate::outcome::ErrorClass;
 use crate::outcome::{self, Outcome};
+
+/// Redirects followed at most, each hop re-checked.
+const MAX_REDIRECTS: usize = 5;
 
 /// `User-Agent` of every request.
 pub const AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
@@ -18,6 +25,8 @@ pub const AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
 pub struct HttpClient {
     /// The connection pool.
     client: reqwest::Client,
+    /// The private-network guard (also inside the resolver and the redirect policy).
+    guard: Arc<Guard>,
     /// Response bodies are read up to this many bytes.
     max_response_bytes: usize,
     /// The default whole-request timeout, for error messages.
@@ -27,15 +36,33 @@ pub struct HttpClient {
 impl HttpClient {
     /// Builds the client from `http:` settings.
     pub fn new(config: &HttpConfig) -> Result<HttpClient, reqwest::Error> {
+        let guard = Arc::new(Guard::new(&config.allow_networks));
+        let hops = guard.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            if !matches!(attempt.url().scheme(), "http" | "https") {
+                return attempt.error("redirect to a scheme other than http or https");
+            }
+            // Names are checked when resolved; literals here.
+            match hops.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(blocked) => attempt.error(blocked),
+            }
+        });
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirects)
+            .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
+            .no_proxy()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()?;
         Ok(HttpClient {
             client,
+            guard,
             max_response_bytes: config.max_response_bytes,
             timeout: config.timeout,
         })
@@ -44,6 +71,9 @@ impl HttpClient {
     /// Sends a request and classifies what comes back.
     pub async fn send(&self, request: Request) -> Outcome {
         let host = request.url.host_str().unwrap_or("?").to_owned();
+        if let Err(blocked) = self.guard.check_url(&request.url) {
+            return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
+        }
         let timeout = request.timeout.unwrap_or(self.timeout);
         let mut builder = self
             .client
@@ -82,6 +112,9 @@ impl HttpClient {
 
 /// A failure before a complete response: always retryable, described without the URL.
 fn transport_failure(error: &reqwest::Error, host: &str, timeout: Duration) -> Outcome {
+    if let Some(blocked) = find_blocked(error) {
+        return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
+    }
     if error.is_timeout() {
         return Outcome::retry(format!(
             "no response from {host} within {}",

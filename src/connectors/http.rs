@@ -130,28 +130,53 @@ impl HttpAction {
         }
         let auth = match &def.auth {
             None => None,
-            Some(AuthDef::Bearer(token)) => scope
+            Some(AuthDef {
+                bearer: Some(token),
+                basic: None,
+                header: None,
+            }) => scope
                 .text(engine, "http.auth.bearer", token, true, problems)
                 .map(Auth::Bearer),
-            Some(AuthDef::Basic { user, password }) => {
-                let user = scope.text(engine, "http.auth.basic.user", user, true, problems);
-                let password =
-                    scope.text(engine, "http.auth.basic.password", password, true, problems);
+            Some(AuthDef {
+                bearer: None,
+                basic: Some(basic),
+                header: None,
+            }) => {
+                let user = scope.text(engine, "http.auth.basic.user", &basic.user, true, problems);
+                let password = scope.text(
+                    engine,
+                    "http.auth.basic.password",
+                    &basic.password,
+                    true,
+                    problems,
+                );
                 user.zip(password).map(|(u, p)| Auth::Basic(u, p))
             }
-            Some(AuthDef::Header { name, value }) => {
-                match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(header) => scope
-                        .text(engine, "http.auth.header", value, true, problems)
-                        .map(|v| Auth::Header(header, v)),
-                    Err(_) => {
-                        scope.error(
-                            problems,
-                            format!("http.auth.header: {name:?} is not a valid header name"),
-                        );
-                        None
-                    }
+            Some(AuthDef {
+                bearer: None,
+                basic: None,
+                header: Some(header),
+            }) => match HeaderName::from_bytes(header.name.as_bytes()) {
+                Ok(name) => scope
+                    .text(engine, "http.auth.header", &header.value, true, problems)
+                    .map(|v| Auth::Header(name, v)),
+                Err(_) => {
+                    scope.error(
+                        problems,
+                        format!(
+                            "http.auth.header: {:?} is not a valid header name",
+                            header.name
+                        ),
+                    );
+                    None
                 }
+            },
+            Some(_) => {
+                scope.error(
+                    problems,
+                    "http.auth takes exactly one of bearer, basic or header",
+                );
+                None
             }
         };
         let body = match &def.body {

@@ -124,27 +124,40 @@ pub struct HttpActionDef {
     pub timeout: Option<std::time::Duration>,
 }
 
-/// `auth:`.
+/// `auth:` — exactly one of `bearer`, `basic` or `header`.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum AuthDef {
+#[serde(deny_unknown_fields)]
+pub struct AuthDef {
     /// `Authorization: Bearer <token>`.
-    Bearer(String),
+    #[serde(default)]
+    pub bearer: Option<String>,
     /// HTTP Basic.
-    Basic {
-        /// The user name.
-        user: String,
-        /// The password.
-        #[serde(default)]
-        password: String,
-    },
+    #[serde(default)]
+    pub basic: Option<BasicAuthDef>,
     /// Any header, e.g. `X-API-Key`.
-    Header {
-        /// The header name.
-        name: String,
-        /// The header value.
-        value: String,
-    },
+    #[serde(default)]
+    pub header: Option<HeaderAuthDef>,
+}
+
+/// `auth: { basic: { user, password } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthDef {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    #[serde(default)]
+    pub password: String,
+}
+
+/// `auth: { header: { name, value } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAuthDef {
+    /// The header name.
+    pub name: String,
+    /// The header value.
+    pub value: String,
 }
 
 /// A webhook subscription.

@@ -1,0 +1,391 @@
+//! `switchyard-bench` (`make bench`): end-to-end throughput, latency and memory of the service,
+//! against the broker's own ceiling for the same traffic, measured in the same run (issue 2).
+//!
+//! 1. **Broker ceiling.** 2N persistent ~1 KiB messages through a throwaway quorum queue, published
+//!    with pipelined confirms while one consumer acks them: the most the broker can carry here.
+//! 2. **The service.** A counting HTTP sink starts in this process; the release `switchyard`
+//!    binary runs as a child process with a temporary config (its own `amqp.prefix`) and one
+//!    workflow that POSTs each `Gameplay.DataCaptured` to the sink. Each action costs the broker
+//!    two messages (the event and the action message), so the service's best possible rate is
+//!    half the ceiling.
+//! 3. **Throughput.** N events published as fast as confirms allow; the clock stops at the Nth
+//!    arrival at the sink. The child's CPU time comes from /proc.
+//! 4. **Latency.** M events at half the measured rate; publish → arrival percentiles, from the
+//!    `data.sent_at_us` the event carries and the workflow body echoes.
+//! 5. **Clean-up.** SIGTERM to the child, then every queue and exchange of the run's prefix is
+//!    deleted (unless `--keep`).
+//!
+//! A benchmark, not a test: nothing here asserts; the targets are printed as PASS or MISS.
+
+// A binary's crate root looks for modules beside itself (src/bin/), so point at its folder.
+#[path = "switchyard-bench/amqp.rs"]
+mod amqp;
+#[path = "switchyard-bench/event.rs"]
+mod event;
+#[path = "switchyard-bench/procfs.rs"]
+mod procfs;
+#[path = "switchyard-bench/report.rs"]
+mod report;
+#[path = "switchyard-bench/service.rs"]
+mod service;
+#[path = "switchyard-bench/sink.rs"]
+mod sink;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use switchyard::broker::Topology;
+
+use crate::amqp::Pace;
+use crate::event::EventFactory;
+use crate::procfs::CpuClock;
+use crate::report::{Ceiling, Latency, Report, Settings, Throughput};
+use crate::service::{Child, Overrides};
+use crate::sink::{Sink, Wait};
+
+/// Measures switchyard against the broker's own ceiling (see `make bench`).
+#[derive(Debug, Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Events of the throughput phase (N); the broker ceiling carries 2N messages.
+    #[arg(long, alias = "n", default_value_t = 50_000)]
+    events: u64,
+    /// Events of the latency phase (M), sent at half the measured rate.
+    #[arg(long, default_value_t = 10_000)]
+    latency_events: u64,
+    /// The broker.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// worker.concurrency of the service (default: the service's own default).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// worker.prefetch and router.prefetch of the service (default: the service's defaults).
+    #[arg(long)]
+    prefetch: Option<u16>,
+    /// router.prefetch alone, overriding --prefetch for the router.
+    #[arg(long)]
+    router_prefetch: Option<u16>,
+    /// Publisher confirms outstanding at once, in every phase.
+    #[arg(long, default_value_t = 4096)]
+    window: usize,
+    /// Prefetch of the ceiling's consumer.
+    #[arg(long, default_value_t = 1000)]
+    ceiling_prefetch: u16,
+    /// The ceiling's consumer acks every this many deliveries at once (basic.ack multiple=true);
+    /// 1 acks each delivery on its own, as the service does.
+    #[arg(long, default_value_t = 100)]
+    ceiling_ack_batch: u64,
+    /// Give up on a phase when no action has arrived for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    stall_timeout: Duration,
+    /// Measure the broker ceiling only (no service).
+    #[arg(long)]
+    ceiling_only: bool,
+    /// Keep the queues, exchanges and the temporary directory (config, service log).
+    #[arg(long)]
+    keep: bool,
+    /// Also print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if args.events == 0 {
+        eprintln!("error: --events must be at least 1");
+        return std::process::ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(&args)) {
+        Ok(report) => {
+            print!("{}", report.table());
+            if args.json {
+                println!("{}", report.json());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything the run created, for the clean-up whatever happened.
+struct Run {
+    /// The prefix of every queue and exchange of this run.
+    prefix: String,
+    /// Config file, workflow and the service's log.
+    dir: PathBuf,
+    /// The service, once started.
+    child: Option<Child>,
+    /// Queues created outside the service's topology (the ceiling's).
+    extra_queues: Vec<String>,
+}
+
+async fn bench(args: &Args) -> anyhow::Result<Report> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let prefix = format!(
+        "switchyard-bench-{}-{}",
+        started.as_secs(),
+        std::process::id()
+    );
+    let mut run = Run {
+        dir: std::env::temp_dir().join(&prefix),
+        prefix,
+        child: None,
+        extra_queues: Vec::new(),
+    };
+    let outcome = measure(args, &mut run).await;
+    let finish = finish(args, &mut run, outcome.as_ref().ok()).await;
+    let mut report = outcome?;
+    report.cleanup = finish;
+    Ok(report)
+}
+
+async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
+    let clock = CpuClock::detect();
+    let events = EventFactory::new(&run.prefix);
+    let mut report = Report::new(args.events, args.latency_events, events.typical_size());
+    report.clk_tck = clock.ticks_per_second;
+    report.clk_tck_assumed = clock.assumed;
+    let broker_pid = procfs::broker_pid();
+
+    // 1. The broker's ceiling for 2N messages.
+    let ceiling_queue = format!("{}.ceiling", run.prefix);
+    run.extra_queues.push(ceiling_queue.clone());
+    eprintln!(
+        "bench: broker ceiling: {} persistent messages through quorum queue {ceiling_queue}…",
+        2 * args.events
+    );
+    let broker_before = broker_pid.and_then(procfs::cpu_ticks);
+    let measured = amqp::ceiling(
+        &args.amqp_url,
+        &ceiling_queue,
+        2 * args.events,
+        &events,
+        args.window,
+        args.ceiling_prefetch,
+        args.ceiling_ack_batch,
+    )
+    .await?;
+    let broker_ms = clock.ms_between(broker_before, broker_pid.and_then(procfs::cpu_ticks));
+    report.ceiling = Some(Ceiling {
+        messages: measured.messages,
+        secs: measured.elapsed.as_secs_f64(),
+        msgs_per_s: measured.messages as f64 / measured.elapsed.as_secs_f64(),
+        broker_cpu_ms_per_msg: broker_ms.map(|ms| ms / measured.messages as f64),
+        window: args.window,
+        prefetch: args.ceiling_prefetch,
+        ack_batch: args.ceiling_ack_batch,
+    });
+    if args.ceiling_only {
+        return Ok(report);
+    }
+
+    // 2. The sink and the service.
+    let warmup = (args.events / 10).clamp(1, 1000);
+    let sink = Sink::start(warmup + args.events + args.latency_events).await?;
+    let overrides = Overrides {
+        concurrency: args.concurrency,
+        worker_prefetch: args.prefetch,
+        router_prefetch: args.router_prefetch.or(args.prefetch),
+    };
+    let setup = service::write_files(
+        &run.dir,
+        &run.prefix,
+        &args.amqp_url,
+        sink.addr(),
+        &overrides,
+    )?;
+    report.settings = Some(Settings {
+        concurrency: setup.config.worker.concurrency,
+        worker_prefetch: setup.config.worker.prefetch,
+        router_prefetch: setup.config.router.prefetch,
+        defaults: args.concurrency.is_none()
+            && args.prefetch.is_none()
+            && args.router_prefetch.is_none(),
+    });
+    eprintln!(
+        "bench: starting {} (log: {})…",
+        setup.binary.display(),
+        setup.log.display()
+    );
+    let child = run.child.insert(Child::spawn(&setup)?);
+    child.wait_ready(Duration::from_secs(60)).await?;
+    let service_pid = child.pid();
+
+    let connection = amqp::connect(&args.amqp_url, "switchyard-bench publisher").await?;
+    let topology = Topology::new(&setup.config);
+    let publish = |range: std::ops::Range<u64>, pace: Pace| {
+        amqp::publish(
+            &connection,
+            &topology.events,
+            "Gameplay.DataCaptured",
+            range,
+            &events,
+            args.window,
+            pace,
+        )
+    };
+    let wait = |range: std::ops::Range<u64>| {
+        sink.wait(range, args.stall_timeout, || child_alive(service_pid))
+    };
+
+    // Warm-up: connections, pools and allocator arenas, outside the measurement.
+    eprintln!("bench: warm-up, {warmup} events…");
+    publish(0..warmup, Pace::Flat).await?;
+    expect_all(wait(0..warmup).await, "warm-up")?;
+
+    // 3. Throughput.
+    let range = warmup..warmup + args.events;
+    eprintln!(
+        "bench: throughput, {} events as fast as confirms allow…",
+        args.events
+    );
+    let service_before = procfs::cpu_ticks(service_pid);
+    let broker_before = broker_pid.and_then(procfs::cpu_ticks);
+    let bench_before = procfs::cpu_ticks(std::process::id());
+    let published = publish(range.clone(), Pace::Flat).await?;
+    let arrived = expect_all(wait(range.clone()).await, "throughput")?;
+    let service_ms = clock.ms_between(service_before, procfs::cpu_ticks(service_pid));
+    let broker_ms = clock.ms_between(broker_before, broker_pid.and_then(procfs::cpu_ticks));
+    let bench_ms = clock.ms_between(bench_before, procfs::cpu_ticks(std::process::id()));
+    let secs = (arrived
+        .last_arrival_us
+        .saturating_sub(published.first_sent_us)) as f64
+        / 1e6;
+    let n = args.events as f64;
+    let throughput = Throughput {
+        events: args.events,
+        secs,
+        events_per_s: n / secs,
+        actions_per_s: n / secs,
+        publish_per_s: n / published.elapsed.as_secs_f64(),
+        service_cpu_ms_per_action: service_ms.map(|ms| ms / n),
+        broker_cpu_ms_per_action: broker_ms.map(|ms| ms / n),
+        bench_cpu_ms_per_action: bench_ms.map(|ms| ms / n),
+    };
+    let rate = throughput.events_per_s / 2.0;
+    report.throughput = Some(throughput);
+
+    // 4. Latency at half the measured rate.
+    if args.latency_events > 0 {
+        let range = range.end..range.end + args.latency_events;
+        eprintln!(
+            "bench: latency, {} events at {rate:.0}/s…",
+            args.latency_events
+        );
+        publish(range.clone(), Pace::PerSecond(rate)).await?;
+        expect_all(wait(range.clone()).await, "latency")?;
+        let mut latencies = sink.latencies_us(range);
+        latencies.sort_unstable();
+        report.latency = Some(Latency::from_sorted(rate, &latencies));
+
+        // The floor under that figure: one hop through a quorum queue at the same rate, acked
+        // message by message. An action makes two such hops (event, then action message).
+        let hop_queue = format!("{}.hop", run.prefix);
+        run.extra_queues.push(hop_queue.clone());
+        eprintln!("bench: broker floor, one queue hop at {rate:.0}/s…");
+        let hops = amqp::hop_latency(
+            &args.amqp_url,
+            &hop_queue,
+            &events,
+            args.latency_events,
+            rate,
+            args.window,
+        )
+        .await?;
+        report.broker_hop = Some(Latency::from_sorted(rate, &hops));
+    }
+    let _ = connection.close(200, "done".into()).await;
+
+    report.rss_peak_kib = procfs::peak_rss_kib(service_pid);
+    report.duplicates = sink.duplicates();
+    report.attempts = child.attempts().await;
+    report.leftovers = amqp::depths(
+        &args.amqp_url,
+        &[
+            topology.router.clone(),
+            topology.dead_letter.clone(),
+            topology.rejected.clone(),
+        ],
+    )
+    .await;
+    Ok(report)
+}
+
+/// Stops the service and deletes what the run created; says what it did (or could not do).
+async fn finish(args: &Args, run: &mut Run, report: Option<&Report>) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(mut child) = run.child.take() {
+        match child.terminate(Duration::from_secs(20)).await {
+            Ok(status) if status.success() => {}
+            Ok(status) => notes.push(format!("the service exited with {status}")),
+            Err(e) => notes.push(format!("stopping the service: {e:#}")),
+        }
+        if report.is_none() {
+            eprintln!(
+                "bench: last lines of the service's log:\n{}",
+                child.log_tail(20)
+            );
+        }
+    }
+    if args.keep {
+        notes.push(format!(
+            "kept queues and exchanges of prefix {} and {}",
+            run.prefix,
+            run.dir.display()
+        ));
+        return notes;
+    }
+    let deleted = match service::names_only(&run.prefix) {
+        Ok(config) => {
+            amqp::delete_topology(&args.amqp_url, &Topology::new(&config), &run.extra_queues).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = deleted {
+        notes.push(format!("deleting the queues of {}: {e:#}", run.prefix));
+    }
+    if run.dir.exists() && report.is_some() {
+        let _ = std::fs::remove_dir_all(&run.dir);
+    } else if run.dir.exists() {
+        notes.push(format!("kept {} for a look at the log", run.dir.display()));
+    }
+    notes
+}
+
+/// The phase's result, or an error saying how many actions arrived.
+fn expect_all(wait: Wait, phase: &str) -> anyhow::Result<sink::Arrived> {
+    match wait {
+        Wait::Done(arrived) => Ok(arrived),
+        Wait::Stalled {
+            arrived,
+            expected,
+            stalled_for,
+        } => anyhow::bail!(
+            "{phase}: only {arrived} of {expected} actions reached the sink; none for {}",
+            humantime::format_duration(stalled_for)
+        ),
+        Wait::ServiceExited { arrived, expected } => {
+            anyhow::bail!("{phase}: the service exited after {arrived} of {expected} actions")
+        }
+    }
+}
+
+fn child_alive(pid: u32) -> bool {
+    procfs::cpu_ticks(pid).is_some() && !procfs::is_zombie(pid)
+}

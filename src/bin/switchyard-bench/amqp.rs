@@ -1,0 +1,373 @@
+//! The bench's side of the broker: a pipelined confirmed publisher, the ceiling measurement, and
+//! the clean-up of the run's queues and exchanges.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use switchyard::broker::Topology;
+
+use crate::event::{EventFactory, now_us};
+
+/// Opens a named connection.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .with_context(|| format!("connecting to {}", switchyard::broker::redact_url(url)))
+}
+
+/// How fast to publish.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as the confirm window allows.
+    Flat,
+    /// Evenly spaced, this many per second.
+    PerSecond(f64),
+}
+
+/// What a publish run did.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// When the first message was stamped (µs since the epoch).
+    pub first_sent_us: u64,
+    /// From the first publish to the last confirm.
+    pub elapsed: Duration,
+}
+
+/// Publishes events `seqs` persistently on a fresh confirm-mode channel, keeping at most
+/// `window` confirms outstanding: the publisher never waits a round trip per message.
+pub async fn publish(
+    connection: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    seqs: Range<u64>,
+    events: &EventFactory,
+    window: usize,
+    pace: Pace,
+) -> anyhow::Result<Published> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a publish channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enabling publisher confirms")?;
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let started = Instant::now();
+    let first_sent_us = now_us();
+    let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window + 1);
+    for (i, seq) in seqs.enumerate() {
+        if let Pace::PerSecond(rate) = pace {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let body = events.body(seq, now_us());
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                &body,
+                properties,
+            )
+            .await
+            .with_context(|| format!("publishing to {exchange}"))?;
+        pending.push_back(confirm);
+        while pending.len() > window {
+            if let Some(confirm) = pending.pop_front() {
+                confirmed(confirm, exchange).await?;
+            }
+        }
+    }
+    for confirm in pending {
+        confirmed(confirm, exchange).await?;
+    }
+    let elapsed = started.elapsed();
+    let _ = channel.close(200, "done".into()).await;
+    Ok(Published {
+        first_sent_us,
+        elapsed,
+    })
+}
+
+async fn confirmed(confirm: PublisherConfirm, exchange: &str) -> anyhow::Result<()> {
+    match confirm.await.context("waiting for a confirm")? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => {
+            bail!("the broker could not route a message published to {exchange}")
+        }
+        Confirmation::Nack(_) => bail!("the broker refused (nacked) a message for {exchange}"),
+    }
+}
+
+/// What the ceiling measurement found.
+#[derive(Debug, Clone, Copy)]
+pub struct CeilingRun {
+    /// Messages carried.
+    pub messages: u64,
+    /// From the first publish to the last ack.
+    pub elapsed: Duration,
+}
+
+/// Carries `messages` events through a fresh quorum queue: one connection publishes with
+/// pipelined confirms while another consumes with `prefetch` and acks every `ack_batch`
+/// deliveries at once (`multiple`). Deletes the queue afterwards.
+pub async fn ceiling(
+    url: &str,
+    queue: &str,
+    messages: u64,
+    events: &EventFactory,
+    window: usize,
+    prefetch: u16,
+    ack_batch: u64,
+) -> anyhow::Result<CeilingRun> {
+    let publisher = connect(url, "switchyard-bench ceiling publisher").await?;
+    let consumer = connect(url, "switchyard-bench ceiling consumer").await?;
+    let channel = consumer
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    declare_quorum(&channel, queue).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .context("setting the prefetch")?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            "switchyard-bench-ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming {queue}"))?;
+    let ack_batch = ack_batch.max(1);
+    let consuming = tokio::spawn(async move {
+        let mut received = 0u64;
+        while received < messages {
+            let delivery = match deliveries.next().await {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("consuming")),
+                None => bail!("the ceiling consumer was cancelled"),
+            };
+            received += 1;
+            if received.is_multiple_of(ack_batch) || received == messages {
+                let multiple = BasicAckOptions { multiple: true };
+                delivery.acker.ack(multiple).await.context("acking")?;
+            }
+        }
+        Ok(Instant::now())
+    });
+    let started = Instant::now();
+    let published = publish(
+        &publisher,
+        "",
+        queue,
+        0..messages,
+        events,
+        window,
+        Pace::Flat,
+    )
+    .await;
+    let last_ack = match published {
+        Ok(_) => consuming.await.context("the ceiling consumer panicked")??,
+        Err(e) => {
+            consuming.abort();
+            return Err(e);
+        }
+    };
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("deleting {queue}"))?;
+    let _ = consumer.close(200, "done".into()).await;
+    let _ = publisher.close(200, "done".into()).await;
+    Ok(CeilingRun {
+        messages,
+        elapsed: last_ack - started,
+    })
+}
+
+/// The broker's own latency for one hop: `count` events published at `rate` per second through a
+/// fresh quorum queue, each acked on its own as it arrives. Returns publish → delivery latencies
+/// in µs, sorted, and deletes the queue.
+pub async fn hop_latency(
+    url: &str,
+    queue: &str,
+    events: &EventFactory,
+    count: u64,
+    rate: f64,
+    window: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let publisher = connect(url, "switchyard-bench hop publisher").await?;
+    let consumer = connect(url, "switchyard-bench hop consumer").await?;
+    let channel = consumer
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    declare_quorum(&channel, queue).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            "switchyard-bench-hop".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming {queue}"))?;
+    let consuming = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(count as usize);
+        while (latencies.len() as u64) < count {
+            let delivery = match deliveries.next().await {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("consuming")),
+                None => bail!("the hop consumer was cancelled"),
+            };
+            let now = now_us();
+            let sent = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                .ok()
+                .and_then(|v| v.get("data")?.get("sent_at_us")?.as_u64())
+                .unwrap_or(now);
+            latencies.push(now.saturating_sub(sent));
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .context("acking")?;
+        }
+        Ok(latencies)
+    });
+    let published = publish(
+        &publisher,
+        "",
+        queue,
+        0..count,
+        events,
+        window,
+        Pace::PerSecond(rate),
+    )
+    .await;
+    let mut latencies = match published {
+        Ok(_) => consuming.await.context("the hop consumer panicked")??,
+        Err(e) => {
+            consuming.abort();
+            return Err(e);
+        }
+    };
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("deleting {queue}"))?;
+    let _ = consumer.close(200, "done".into()).await;
+    let _ = publisher.close(200, "done".into()).await;
+    latencies.sort_unstable();
+    Ok(latencies)
+}
+
+/// Declares a durable quorum queue.
+async fn declare_quorum(channel: &lapin::Channel, queue: &str) -> anyhow::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, args)
+        .await
+        .with_context(|| format!("declaring {queue}"))?;
+    Ok(())
+}
+
+/// Ready messages per queue (passive declares); a queue that cannot be read is left out.
+pub async fn depths(url: &str, queues: &[String]) -> Vec<(String, u32)> {
+    let Ok(connection) = connect(url, "switchyard-bench depths").await else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for queue in queues {
+        // A failed passive declare closes the channel: one channel per queue.
+        let Ok(channel) = connection.create_channel().await else {
+            break;
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if let Ok(q) = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            found.push((queue.clone(), q.message_count()));
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    found
+}
+
+/// Deletes every queue and exchange of the topology, and `extra` queues.
+pub async fn delete_topology(
+    url: &str,
+    topology: &Topology,
+    extra: &[String],
+) -> anyhow::Result<()> {
+    let connection = connect(url, "switchyard-bench clean-up").await?;
+    let mut failed = Vec::new();
+    let mut queues = topology.all_queues();
+    queues.extend(extra.iter().cloned());
+    for queue in &queues {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        match channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = channel.close(200, "done".into()).await;
+            }
+            Err(e) => failed.push(format!("queue {queue}: {e}")),
+        }
+    }
+    for exchange in [&topology.events, &topology.actions, &topology.retry] {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        match channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+        {
+            Ok(()) => {
+                let _ = channel.close(200, "done".into()).await;
+            }
+            Err(e) => failed.push(format!("exchange {exchange}: {e}")),
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! What Linux's /proc says about a process: CPU time, peak memory, and where the broker runs.
+
+use std::process::Command;
+
+/// Converts `/proc/<pid>/stat` clock ticks to time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock {
+    /// `sysconf(_SC_CLK_TCK)`: ticks per second of utime and stime.
+    pub ticks_per_second: u64,
+    /// True when `getconf CLK_TCK` could not be run and Linux's usual 100 is assumed.
+    pub assumed: bool,
+}
+
+impl CpuClock {
+    /// Asks `getconf CLK_TCK` (this crate has no libc binding); assumes 100 if that fails.
+    pub fn detect() -> CpuClock {
+        let asked = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .filter(|&ticks| ticks > 0);
+        match asked {
+            Some(ticks) => CpuClock {
+                ticks_per_second: ticks,
+                assumed: false,
+            },
+            None => CpuClock {
+                ticks_per_second: 100,
+                assumed: true,
+            },
+        }
+    }
+
+    /// CPU milliseconds between two tick readings, if both were taken.
+    pub fn ms_between(&self, before: Option<u64>, after: Option<u64>) -> Option<f64> {
+        let (before, after) = (before?, after?);
+        Some(after.saturating_sub(before) as f64 * 1000.0 / self.ticks_per_second as f64)
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces), from the
+/// state (field 3) on.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User plus system CPU time of a process, in clock ticks (fields 14 and 15 of stat).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// True when the process has exited but was not reaped yet.
+pub fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state == "Z")
+}
+
+/// Peak resident set size (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The local RabbitMQ node (`beam.smp`), if it runs on this machine and /proc shows it.
+pub fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+}

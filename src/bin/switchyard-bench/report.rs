@@ -1,0 +1,400 @@
+//! The figures of a run, printed as a table for people and as one JSON object for programs.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Actions/s must reach this share of the broker's ceiling (in actions: messages/s ÷ 2).
+const TARGET_RATIO_PCT: f64 = 50.0;
+/// p99 publish → arrival at half the maximum rate.
+const TARGET_P99_MS: f64 = 50.0;
+/// Peak resident memory of the service.
+const TARGET_RSS_MIB: f64 = 100.0;
+
+/// The broker's ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// Messages published and acked (2N).
+    pub messages: u64,
+    /// First publish → last ack.
+    pub secs: f64,
+    /// `messages / secs`.
+    pub msgs_per_s: f64,
+    /// The broker's CPU per message, when its process is visible in /proc.
+    pub broker_cpu_ms_per_msg: Option<f64>,
+    /// Publisher confirms outstanding at once.
+    pub window: usize,
+    /// The consumer's prefetch.
+    pub prefetch: u16,
+    /// Deliveries acked at once (`multiple`).
+    pub ack_batch: u64,
+}
+
+/// The service's settings that matter for speed, as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// `worker.concurrency`.
+    pub concurrency: usize,
+    /// `worker.prefetch`.
+    pub worker_prefetch: u16,
+    /// `router.prefetch`.
+    pub router_prefetch: u16,
+    /// True when all three are the service's defaults.
+    pub defaults: bool,
+}
+
+/// The throughput phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Events published (each makes one action).
+    pub events: u64,
+    /// First publish → last arrival at the sink.
+    pub secs: f64,
+    /// Events per second, end to end.
+    pub events_per_s: f64,
+    /// Actions per second (one per event here).
+    pub actions_per_s: f64,
+    /// How fast the bench published (confirmed), for comparison.
+    pub publish_per_s: f64,
+    /// The service's CPU (user + system) per action.
+    pub service_cpu_ms_per_action: Option<f64>,
+    /// The broker's CPU per action (two messages).
+    pub broker_cpu_ms_per_action: Option<f64>,
+    /// This process's CPU per action (publisher and sink).
+    pub bench_cpu_ms_per_action: Option<f64>,
+}
+
+/// The latency phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Events per second sent.
+    pub rate: f64,
+    /// Events measured.
+    pub events: usize,
+    /// Median publish → arrival.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Percentiles of latencies in µs, sorted ascending (nearest rank).
+    pub fn from_sorted(rate: f64, sorted_us: &[u64]) -> Latency {
+        let at = |q: f64| -> f64 {
+            if sorted_us.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+            sorted_us[rank - 1] as f64 / 1000.0
+        };
+        Latency {
+            rate,
+            events: sorted_us.len(),
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// One target and how the run did against it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub name: &'static str,
+    /// The measured value, in `unit`.
+    pub measured: f64,
+    /// The limit.
+    pub limit: f64,
+    /// Its unit.
+    pub unit: &'static str,
+    /// PASS or MISS.
+    pub result: &'static str,
+}
+
+/// Everything a run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// N.
+    pub events: u64,
+    /// M.
+    pub latency_events: u64,
+    /// The size of one event, in bytes.
+    pub event_bytes: usize,
+    /// CPUs this machine offers.
+    pub cpus: usize,
+    /// Clock ticks per second used to read /proc CPU times.
+    pub clk_tck: u64,
+    /// True when `clk_tck` is Linux's usual 100, assumed because `getconf` failed.
+    pub clk_tck_assumed: bool,
+    /// The broker's ceiling.
+    pub ceiling: Option<Ceiling>,
+    /// The service's settings.
+    pub settings: Option<Settings>,
+    /// The throughput phase.
+    pub throughput: Option<Throughput>,
+    /// The latency phase.
+    pub latency: Option<Latency>,
+    /// One quorum-queue hop, publish → delivery, at the latency phase's rate (no service).
+    pub broker_hop: Option<Latency>,
+    /// The service's peak resident memory (VmHWM), KiB.
+    pub rss_peak_kib: Option<u64>,
+    /// (events that reached the sink more than once, requests the sink could not read).
+    pub duplicates: (u64, u64),
+    /// The service's own count of HTTP attempts by outcome.
+    pub attempts: Vec<(String, u64)>,
+    /// Messages left in the router, dead-letter and rejected queues at the end.
+    pub leftovers: Vec<(String, u32)>,
+    /// What the clean-up could not do, or kept.
+    pub cleanup: Vec<String>,
+}
+
+impl Report {
+    /// An empty report for a run of `events` and `latency_events`.
+    pub fn new(events: u64, latency_events: u64, event_bytes: usize) -> Report {
+        Report {
+            events,
+            latency_events,
+            event_bytes,
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            clk_tck: 100,
+            clk_tck_assumed: true,
+            ceiling: None,
+            settings: None,
+            throughput: None,
+            latency: None,
+            broker_hop: None,
+            rss_peak_kib: None,
+            duplicates: (0, 0),
+            attempts: Vec::new(),
+            leftovers: Vec::new(),
+            cleanup: Vec::new(),
+        }
+    }
+
+    /// actions/s ÷ (ceiling msgs/s ÷ 2), in percent.
+    fn ratio_pct(&self) -> Option<f64> {
+        let ceiling = self.ceiling.as_ref()?;
+        let throughput = self.throughput.as_ref()?;
+        Some(100.0 * throughput.actions_per_s / (ceiling.msgs_per_s / 2.0))
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        self.rss_peak_kib.map(|kib| kib as f64 / 1024.0)
+    }
+
+    /// The three targets of issue 2, for what was measured.
+    pub fn targets(&self) -> Vec<Target> {
+        let target = |name, measured: f64, limit, unit, pass: bool| Target {
+            name,
+            measured,
+            limit,
+            unit,
+            result: if pass { "PASS" } else { "MISS" },
+        };
+        let mut targets = Vec::new();
+        if let Some(ratio) = self.ratio_pct() {
+            targets.push(target(
+                "actions/s vs broker ceiling (msgs/s ÷ 2)",
+                ratio,
+                TARGET_RATIO_PCT,
+                "%",
+                ratio >= TARGET_RATIO_PCT,
+            ));
+        }
+        if let Some(latency) = &self.latency {
+            targets.push(target(
+                "p99 publish → arrival at half rate",
+                latency.p99_ms,
+                TARGET_P99_MS,
+                "ms",
+                latency.p99_ms <= TARGET_P99_MS,
+            ));
+        }
+        if let Some(rss) = self.rss_mib() {
+            targets.push(target(
+                "peak RSS of the service",
+                rss,
+                TARGET_RSS_MIB,
+                "MiB",
+                rss <= TARGET_RSS_MIB,
+            ));
+        }
+        targets
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nswitchyard-bench: N = {} events, M = {} latency events, {} B each, quorum queues, {} CPUs",
+            self.events, self.latency_events, self.event_bytes, self.cpus
+        );
+        if let Some(s) = &self.settings {
+            let _ = writeln!(
+                out,
+                "service: worker.concurrency {}, worker.prefetch {}, router.prefetch {}{}",
+                s.concurrency,
+                s.worker_prefetch,
+                s.router_prefetch,
+                if s.defaults { " (its defaults)" } else { "" }
+            );
+        }
+        let _ = writeln!(out);
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(
+                out,
+                "broker ceiling  {} msgs in {:.2} s = {:.0} msgs/s  (≙ {:.0} actions/s at 2 msgs each)",
+                c.messages,
+                c.secs,
+                c.msgs_per_s,
+                c.msgs_per_s / 2.0
+            );
+            let _ = writeln!(
+                out,
+                "                confirm window {}, consumer prefetch {}, acks multiple={} every {}; broker CPU {}/msg",
+                c.window,
+                c.prefetch,
+                c.ack_batch > 1,
+                c.ack_batch,
+                ms(c.broker_cpu_ms_per_msg)
+            );
+        }
+        if let Some(t) = &self.throughput {
+            let _ = writeln!(
+                out,
+                "throughput      {} events in {:.2} s = {:.0} events/s = {:.0} actions/s  (published at {:.0}/s)",
+                t.events, t.secs, t.events_per_s, t.actions_per_s, t.publish_per_s
+            );
+            let _ = writeln!(
+                out,
+                "                CPU per action: service {}, broker {}, bench {}{}",
+                ms(t.service_cpu_ms_per_action),
+                ms(t.broker_cpu_ms_per_action),
+                ms(t.bench_cpu_ms_per_action),
+                match t.service_cpu_ms_per_action {
+                    Some(cpu) => format!(
+                        "  (service busy {:.2} cores)",
+                        cpu * t.actions_per_s / 1000.0
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
+        if let Some(l) = &self.latency {
+            let _ = writeln!(
+                out,
+                "latency         {} events at {:.0}/s: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                l.events, l.rate, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            );
+        }
+        if let Some(h) = &self.broker_hop {
+            let _ = writeln!(
+                out,
+                "broker floor    one quorum-queue hop at {:.0}/s, no service: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n                (an action makes two hops: event, then action message)",
+                h.rate, h.p50_ms, h.p90_ms, h.p99_ms, h.max_ms
+            );
+        }
+        if let Some(rss) = self.rss_mib() {
+            let _ = writeln!(out, "memory          peak RSS of the service {rss:.1} MiB");
+        }
+        let mut checks = Vec::new();
+        if self.duplicates.0 > 0 {
+            checks.push(format!("{} duplicate arrivals", self.duplicates.0));
+        }
+        if self.duplicates.1 > 0 {
+            checks.push(format!(
+                "{} unreadable requests at the sink",
+                self.duplicates.1
+            ));
+        }
+        for (outcome, count) in &self.attempts {
+            if outcome != "success" && *count > 0 {
+                checks.push(format!("{count} http attempts ended {outcome}"));
+            }
+        }
+        for (queue, count) in &self.leftovers {
+            if *count > 0 {
+                checks.push(format!("{count} messages left in {queue}"));
+            }
+        }
+        if self.throughput.is_some() {
+            let _ = writeln!(
+                out,
+                "checks          {}",
+                if checks.is_empty() {
+                    "no duplicates, no retries, nothing dead-lettered or rejected".to_owned()
+                } else {
+                    checks.join(", ")
+                }
+            );
+        }
+        for note in &self.cleanup {
+            let _ = writeln!(out, "note            {note}");
+        }
+        if self.clk_tck_assumed {
+            let _ = writeln!(
+                out,
+                "note            CPU times assume 100 clock ticks/s (getconf CLK_TCK failed)"
+            );
+        }
+        let targets = self.targets();
+        if !targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<44} {:>10} {:>10}  result",
+                "target", "measured", "limit"
+            );
+            for t in &targets {
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:>10} {:>10}  {}",
+                    t.name,
+                    format!("{:.1} {}", t.measured, t.unit),
+                    format!(
+                        "{} {:.0} {}",
+                        if t.unit == "%" { "≥" } else { "≤" },
+                        t.limit,
+                        t.unit
+                    ),
+                    t.result
+                );
+            }
+        }
+        out
+    }
+
+    /// One JSON object with everything, targets included.
+    pub fn json(&self) -> String {
+        #[derive(Serialize)]
+        struct WithTargets<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            ratio_pct: Option<f64>,
+            rss_peak_mib: Option<f64>,
+            targets: Vec<Target>,
+        }
+        let whole = WithTargets {
+            report: self,
+            ratio_pct: self.ratio_pct(),
+            rss_peak_mib: self.rss_mib(),
+            targets: self.targets(),
+        };
+        // Plain data (NaN becomes null): serialising cannot fail.
+        serde_json::to_string(&whole).unwrap_or_default()
+    }
+}
+
+/// Milliseconds with three decimals, or n/a.
+fn ms(value: Option<f64>) -> String {
+    match value {
+        Some(v) => format!("{v:.3} ms"),
+        None => "n/a".to_owned(),
+    }
+}

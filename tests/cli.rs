@@ -1,0 +1,404 @@
+//! The command line (SPEC §4) run as users run it: the real binary, its exit codes and output,
+//! and a SIGTERM with work in flight.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{
+    Broker, FakeServer, Reply, TopologyGuard, event, http_get, run_switchyard, switchyard_command,
+    test_config_yaml, unique_prefix, wait_until, write_workflows_and_secrets,
+};
+use switchyard::Config;
+
+const EXAMPLE_EVENT_FILE: &str = "examples/events/data-captured.json";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_accepts_the_repository_config() {
+    let ran = run_switchyard(&["validate", "--config", "config/switchyard.yaml"], &[]).await;
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(
+        ran.stdout.contains("ok: 3 workflow(s)"),
+        "names what it loaded: {ran:?}"
+    );
+    assert!(!ran.stdout.contains("error"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reports_every_broken_workflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_workflows_and_secrets(dir.path(), "", &[]);
+    let http = |id: &str, body: &str| {
+        format!(
+            "      - id: {id}\n        http: {{ url: \"https://api.example.com/{id}\", body: '{body}' }}\n"
+        )
+    };
+    let workflow = |id: &str, event: &str, actions: &str| {
+        format!(
+            "workflows:\n  - id: {id}\n    workspace: ws_demo\n    trigger: {{ event: {event} }}\n    actions:\n{actions}"
+        )
+    };
+    let files = [
+        (
+            "unknown-type.yaml",
+            workflow("wf-unknown-type", "Gameplay.Exploded", &http("post", "{}")),
+        ),
+        (
+            "cycle.yaml",
+            workflow(
+                "wf-cycle",
+                "Gameplay.DataCaptured",
+                &format!(
+                    "{}        needs: b\n{}        needs: a\n",
+                    http("a", "{}"),
+                    http("b", "{}")
+                ),
+            ),
+        ),
+        (
+            "unknown-needs.yaml",
+            workflow(
+                "wf-unknown-needs",
+                "Gameplay.DataCaptured",
+                &format!("{}        needs: ghost\n", http("x", "{}")),
+            ),
+        ),
+        (
+            "steps.yaml",
+            workflow(
+                "wf-steps",
+                "Gameplay.DataCaptured",
+                &format!(
+                    "{}{}",
+                    http("a", "{}"),
+                    http("b", r#"{"lead": "{{ steps.a.id }}"}"#)
+                ),
+            ),
+        ),
+        (
+            "typo.yaml",
+            workflow(
+                "wf-typo",
+                "Gameplay.DataCaptured",
+                &http("post", r#"{"email": "{{ contact.emial }}"}"#),
+            ),
+        ),
+        (
+            "secret-body.yaml",
+            workflow(
+                "wf-secret",
+                "Gameplay.DataCaptured",
+                &http("post", r#"{"token": "{{ secrets.API_TOKEN }}"}"#),
+            ),
+        ),
+    ];
+    let workflows_dir = dir.path().join("workflows");
+    std::fs::remove_file(workflows_dir.join("workflows.yaml")).expect("remove the empty file");
+    for (name, text) in &files {
+        std::fs::write(workflows_dir.join(name), text).expect("write a workflow file");
+    }
+    let config = dir.path().join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        test_config_yaml("t-validate", dir.path(), "log: { format: json }"),
+    )
+    .expect("write config");
+
+    let ran = run_switchyard(
+        &["validate", "--config", config.to_str().expect("utf-8")],
+        &[],
+    )
+    .await;
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    // (file, workflow, action, what the message must mention)
+    let expected: &[(&str, &str, Option<&[&str]>, &str)] = &[
+        (
+            "unknown-type.yaml",
+            "wf-unknown-type",
+            None,
+            "Gameplay.Exploded",
+        ),
+        ("cycle.yaml", "wf-cycle", Some(&["a", "b"]), "cycle"),
+        (
+            "unknown-needs.yaml",
+            "wf-unknown-needs",
+            Some(&["x"]),
+            "ghost",
+        ),
+        ("steps.yaml", "wf-steps", Some(&["b"]), "steps.a"),
+        ("typo.yaml", "wf-typo", Some(&["post"]), "contact.emial"),
+        (
+            "secret-body.yaml",
+            "wf-secret",
+            Some(&["post"]),
+            "secrets.API_TOKEN",
+        ),
+    ];
+    for (file, workflow, actions, needle) in expected {
+        let path = workflows_dir.join(file);
+        let line = ran
+            .stdout
+            .lines()
+            .find(|l| l.contains(path.to_str().expect("utf-8")) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no problem about {needle} in {file}:\n{}", ran.stdout));
+        assert!(line.starts_with("error"), "{line}");
+        assert!(line.contains(&format!("workflow {workflow}")), "{line}");
+        if let Some(actions) = actions {
+            assert!(
+                actions
+                    .iter()
+                    .any(|a| line.contains(&format!("action {a}:"))),
+                "{line} names one of the actions {actions:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_with_a_missing_config_file_exits_1() {
+    let ran = run_switchyard(&["validate", "--config", "/nonexistent.yaml"], &[]).await;
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("/nonexistent.yaml"), "{ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_command_shows_the_request_with_secrets_redacted() {
+    let secret = format!("pat-na1-{:016x}", rand::random::<u64>());
+    let ran = run_switchyard(
+        &[
+            "test",
+            "--event",
+            EXAMPLE_EVENT_FILE,
+            "--config",
+            "config/switchyard.yaml",
+        ],
+        &[("SWITCHYARD_SECRET_HUBSPOT_TOKEN", &secret)],
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let out = &ran.stdout;
+    assert!(!out.contains(&secret), "the secret is printed:\n{out}");
+    assert!(
+        !ran.stderr.contains(&secret),
+        "the secret is logged:\n{}",
+        ran.stderr
+    );
+    for needle in [
+        "workflow hubspot-lead",
+        "POST https://api.hubapi.com/crm/v3/objects/contacts",
+        "authorization: Bearer [redacted]",
+        "content-type: application/json",
+        "idempotency-key: act_",
+        "ana@example.com",
+        "Komo - Spin to Win",
+        "workflow demo-sink",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    assert!(!out.contains("slack-prize"), "Prize.Won only:\n{out}");
+    // The HubSpot body is the rendered JSON, its trailing comma gone.
+    let body = hubspot_body(out);
+    assert_eq!(
+        body,
+        serde_json::json!({ "properties": {
+            "email": "ana@example.com",
+            "firstname": "Ana",
+            "lastname": "Silva",
+            "lead_source": "Komo - Spin to Win",
+            "komo_score": "120",
+        }})
+    );
+}
+
+/// The first JSON document printed after `workflow hubspot-lead`.
+fn hubspot_body(out: &str) -> serde_json::Value {
+    let section = &out[out.find("workflow hubspot-lead").expect("hubspot section")..];
+    let start = section.find("\n    {").expect("a body") + 1;
+    let mut stream =
+        serde_json::Deserializer::from_str(&section[start..]).into_iter::<serde_json::Value>();
+    stream
+        .next()
+        .expect("a JSON body")
+        .unwrap_or_else(|e| panic!("the printed body is not JSON ({e}):\n{section}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_to_an_unreachable_broker_exits_2() {
+    let ran = run_switchyard(
+        &[
+            "publish",
+            "--event",
+            EXAMPLE_EVENT_FILE,
+            "--config",
+            "config/switchyard.yaml",
+        ],
+        &[(
+            "SWITCHYARD__AMQP__URL",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        )],
+    )
+    .await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(
+        ran.stderr.contains("127.0.0.1:1"),
+        "names the broker: {ran:?}"
+    );
+    assert!(
+        !ran.stderr.contains(":guest@"),
+        "the password is hidden: {ran:?}"
+    );
+}
+
+/// Kills the child if the test ends early.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_work_and_loses_nothing() {
+    const EVENTS: usize = 20;
+    let hold = Duration::from_secs(1);
+    let fake = FakeServer::start(move |_| Reply::status(200).after(hold)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflows = r#"
+workflows:
+  - id: slow
+    workspace: ws_demo
+    trigger: { event: Gameplay.DataCaptured }
+    actions:
+      - { id: post, http: { url: "@FAKE@/slow", body: '{"event": "{{ event.id }}"}' } }
+"#
+    .replace("@FAKE@", &fake.url());
+    write_workflows_and_secrets(dir.path(), &workflows, &[]);
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("address").port()
+    };
+    let prefix = unique_prefix("sigterm");
+    let grace = Duration::from_secs(5);
+    let yaml = test_config_yaml(
+        &prefix,
+        dir.path(),
+        &format!(
+            "metrics: {{ listen: '127.0.0.1:{port}' }}\n\
+             worker: {{ concurrency: 4 }}\n\
+             shutdown_grace: 5s\n\
+             log: {{ format: json, level: info }}\n"
+        ),
+    );
+    let config = Config::from_yaml(&yaml).expect("valid config");
+    let guard = TopologyGuard::new(&config);
+    let config_path = dir.path().join("switchyard.yaml");
+    std::fs::write(&config_path, &yaml).expect("write config");
+    let stdout_path = dir.path().join("stdout.log");
+    let stderr_path = dir.path().join("stderr.log");
+    let child = switchyard_command(
+        &["run", "--config", config_path.to_str().expect("utf-8")],
+        &[],
+    )
+    .stdout(Stdio::from(
+        File::create(&stdout_path).expect("stdout file"),
+    ))
+    .stderr(Stdio::from(
+        File::create(&stderr_path).expect("stderr file"),
+    ))
+    .spawn()
+    .expect("start switchyard run");
+    let mut child = ChildGuard(child);
+
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    wait_until("switchyard run to be ready", async || {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "switchyard run exited early ({status}):\n{}",
+                read(&stderr_path)
+            );
+        }
+        matches!(http_get(&ready).await, Some((200, _)))
+    })
+    .await;
+
+    let broker = Broker::connect().await;
+    let events = format!("{prefix}.events");
+    for i in 0..EVENTS {
+        let e = event(&format!("evt_term_{i:02}"), "Gameplay.DataCaptured");
+        let body = serde_json::to_vec(&e).expect("JSON");
+        broker
+            .publish(&events, "Gameplay.DataCaptured", &body)
+            .await;
+    }
+    wait_until("the first request to reach the fake", async || {
+        fake.count() >= 1
+    })
+    .await;
+
+    let pid = child.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid}");
+    let signalled = Instant::now();
+    let margin = Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("poll the child") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < grace + margin,
+            "still running {:?} after SIGTERM:\n{}",
+            grace + margin,
+            read(&stderr_path)
+        );
+        tokio::time::sleep(support::POLL).await;
+    };
+    let took = signalled.elapsed();
+    let logs = read(&stderr_path);
+    assert_eq!(status.code(), Some(0), "exit status {status}:\n{logs}");
+
+    let received = fake.count();
+    let answered = fake.completed();
+    assert!(received >= 1);
+    assert_eq!(
+        answered, received,
+        "every request that reached the fake got its answer before the exit"
+    );
+    let delivered: BTreeSet<String> = fake
+        .requests()
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let remaining = broker.queue_len(&format!("{prefix}.action.http")).await
+        + broker.queue_len(&format!("{prefix}.router")).await;
+    let delivered_count = delivered.len();
+    assert!(
+        delivered_count + remaining as usize >= EVENTS,
+        "lost events: {delivered_count} delivered + {remaining} still queued < {EVENTS} (exit after {took:?})\n{logs}"
+    );
+    assert!(
+        remaining >= 1,
+        "after SIGTERM the service stops consuming: all {EVENTS} were processed ({took:?})"
+    );
+    assert_eq!(
+        broker.queue_len(&format!("{prefix}.dead-letter")).await,
+        0,
+        "{logs}"
+    );
+    assert!(logs.contains("draining in-flight work"), "{logs}");
+    guard.delete().await;
+}

@@ -1,0 +1,807 @@
+//! The integration-test harness, shared by every file under `tests/`.
+//!
+//! - [`Harness`] boots the service in process with its own `amqp.prefix`, a temporary folder for
+//!   workflows and secrets, metrics on port 0, and deletes its exchanges and queues at the end
+//!   (also when the test panics).
+//! - [`FakeServer`] is a remote HTTP service: it records every request and answers from a script.
+//! - [`Broker`] publishes events with confirms and reads queues back.
+//! - [`wait_until`] / [`wait_for`] poll a condition with a deadline instead of sleeping.
+//!
+//! Every test file compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use serde_json::Value;
+use switchyard::broker::Topology;
+use switchyard::{Config, Role, Service};
+use tokio_util::sync::CancellationToken;
+
+/// The broker every test uses.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// How often conditions are polled.
+pub const POLL: Duration = Duration::from_millis(20);
+/// How long a condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The example event of the repository (SPEC §2), as JSON.
+pub const EXAMPLE_EVENT: &str = include_str!("../../examples/events/data-captured.json");
+
+/// `t-<name>-<8 hex digits>`: a prefix no other test (or run) uses.
+pub fn unique_prefix(name: &str) -> String {
+    format!("t-{name}-{:08x}", rand::random::<u32>())
+}
+
+/// The repository root (where `config/` and `examples/` live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The example event with another id and type.
+pub fn event(id: &str, event_type: &str) -> Value {
+    // The file is part of the repository and is valid JSON.
+    let mut event: Value = serde_json::from_str(EXAMPLE_EVENT).expect("example event is JSON");
+    event["id"] = Value::String(id.to_owned());
+    event["type"] = Value::String(event_type.to_owned());
+    event
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+
+/// Polls `check` every [`POLL`] until it holds; fails the test after [`DEADLINE`].
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    wait_for(what, async || check().await.then_some(())).await
+}
+
+/// Polls `probe` every [`POLL`] until it returns a value; fails the test after [`DEADLINE`].
+pub async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake remote services
+
+/// One request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// `POST`, `GET`…
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string, if any.
+    pub query: Option<String>,
+    /// Every header.
+    pub headers: HeaderMap,
+    /// The body bytes.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Recorded {
+    /// A header as text (the first one of that name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// How many headers of that name arrived.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.get_all(name).iter().count()
+    }
+
+    /// The body parsed as JSON; fails the test with the raw body when it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {} sent a body that is not valid JSON ({e}):\n{}",
+                self.method,
+                self.path,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// What the fake answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// How long to hold the request before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// An empty answer with a status.
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A JSON answer.
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+            ..Reply::status(status)
+        }
+    }
+
+    /// A plain-text answer.
+    pub fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.as_bytes().to_vec(),
+            ..Reply::status(status)
+        }
+    }
+
+    /// Holds the request this long before answering.
+    pub fn after(self, delay: Duration) -> Reply {
+        Reply { delay, ..self }
+    }
+
+    /// HubSpot's `POST /crm/v3/objects/contacts` success: 201 with the created contact.
+    pub fn hubspot_created(request: &Recorded) -> Reply {
+        let sent = serde_json::from_slice::<Value>(&request.body).unwrap_or(Value::Null);
+        let mut properties = sent
+            .get("properties")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        properties["createdate"] = Value::String(now.clone());
+        properties["hs_object_id"] = Value::String("51".into());
+        Reply::json(
+            201,
+            &serde_json::json!({
+                "id": "51",
+                "properties": properties,
+                "createdAt": now,
+                "updatedAt": now,
+                "archived": false,
+            }),
+        )
+    }
+
+    /// HubSpot's validation error.
+    pub fn hubspot_invalid(message: &str) -> Reply {
+        Reply::json(
+            400,
+            &serde_json::json!({
+                "status": "error",
+                "message": message,
+                "correlationId": "3f1e8a52-6d7b-4c8e-9a0b-2c4d6e8f0a1b",
+                "category": "VALIDATION_ERROR",
+            }),
+        )
+    }
+
+    /// A Slack incoming webhook's success: 200, plain text `ok`.
+    pub fn slack_ok() -> Reply {
+        Reply::text(200, "ok")
+    }
+}
+
+type Script = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+struct FakeState {
+    /// Decides each answer.
+    script: Box<Script>,
+    /// Every request, in arrival order.
+    requests: Mutex<Vec<Recorded>>,
+    /// Requests whose handler ran to the end (the answer was handed to the connection).
+    completed: AtomicUsize,
+}
+
+/// An HTTP server on 127.0.0.1 standing in for a remote API.
+pub struct FakeServer {
+    addr: SocketAddr,
+    state: Arc<FakeState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeServer {
+    /// Starts a server answering every request with `script`.
+    pub async fn start(script: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> FakeServer {
+        let state = Arc::new(FakeState {
+            script: Box::new(script),
+            requests: Mutex::new(Vec::new()),
+            completed: AtomicUsize::new(0),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake server");
+        let addr = listener.local_addr().expect("fake server address");
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeServer { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().expect("lock").len()
+    }
+
+    /// How many requests were answered (the handler was not abandoned by the client).
+    pub fn completed(&self) -> usize {
+        self.state.completed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let recorded = Recorded {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().map(str::to_owned),
+        headers,
+        body,
+        at: Instant::now(),
+    };
+    let reply = (state.script)(&recorded);
+    state.requests.lock().expect("lock").push(recorded);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut builder = Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        builder = builder.header(name, value);
+    }
+    let response = builder
+        .body(Body::from(reply.body))
+        .expect("a valid fake response");
+    state.completed.fetch_add(1, Ordering::SeqCst);
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker, from the test's side
+
+/// A message read back from a queue.
+#[derive(Debug)]
+pub struct Got {
+    /// The body.
+    pub body: Vec<u8>,
+    /// The properties.
+    pub properties: BasicProperties,
+}
+
+impl Got {
+    /// The headers (empty when there are none).
+    pub fn headers(&self) -> FieldTable {
+        self.properties.headers().clone().unwrap_or_default()
+    }
+
+    /// A string header.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        switchyard::broker::header_str(self.properties.headers().as_ref(), name).map(str::to_owned)
+    }
+
+    /// An integer header.
+    pub fn header_int(&self, name: &str) -> Option<i64> {
+        switchyard::broker::header_int(self.properties.headers().as_ref(), name)
+    }
+
+    /// Every header as `name=value` text, for "does this secret appear anywhere" checks.
+    pub fn headers_text(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in self.headers().inner() {
+            let value = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            };
+            out.push_str(&format!("{name}={value}\n"));
+        }
+        out
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the message body is JSON")
+    }
+}
+
+/// What to do with messages read by [`Broker::take_all`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterGet {
+    /// Remove them.
+    Ack,
+    /// Put them back.
+    Requeue,
+}
+
+/// A test's own broker connection, with a confirm-mode channel.
+pub struct Broker {
+    /// The connection.
+    pub connection: Connection,
+    /// A channel in confirm mode.
+    pub channel: Channel,
+}
+
+impl Broker {
+    /// Connects to [`AMQP_URL`].
+    pub async fn connect() -> Broker {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672 (guest/guest) is needed by the integration tests");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        Broker {
+            connection,
+            channel,
+        }
+    }
+
+    /// Publishes a persistent JSON message and waits for the broker's confirm; an unroutable
+    /// message fails the test.
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            matches!(confirm, Confirmation::Ack(None)),
+            "the broker did not accept the message to {exchange} {routing_key}: {confirm:?}"
+        );
+    }
+
+    /// Ready messages in a queue (passive declare on a fresh channel, so a missing queue does
+    /// not close the shared one).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"));
+        let _ = channel.close(200, "done".into()).await;
+        q.message_count()
+    }
+
+    /// Reads every ready message of a queue with basic.get, then acks or requeues them all.
+    pub async fn take_all(&self, queue: &str, after: AfterGet) -> Vec<Got> {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let mut got = Vec::new();
+        let mut tags = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"))
+        {
+            let delivery = message.delivery;
+            tags.push(delivery.delivery_tag);
+            got.push(Got {
+                body: delivery.data,
+                properties: delivery.properties,
+            });
+        }
+        for tag in tags {
+            match after {
+                AfterGet::Ack => channel.basic_ack(tag, BasicAckOptions::default()).await,
+                AfterGet::Requeue => {
+                    channel
+                        .basic_nack(
+                            tag,
+                            BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            },
+                        )
+                        .await
+                }
+            }
+            .expect("settle a message read with basic.get");
+        }
+        let _ = channel.close(200, "done".into()).await;
+        got
+    }
+}
+
+/// Deletes every exchange and queue of a deployment (best effort).
+pub async fn delete_topology(topology: &Topology) {
+    let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    // A failed delete closes the channel, so each gets its own.
+    for queue in topology.all_queues() {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+    for exchange in [&topology.events, &topology.actions, &topology.retry] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+    let _ = connection.close(200, "cleaned up".into()).await;
+}
+
+/// [`delete_topology`] from synchronous code (`Drop`), on a thread of its own.
+pub fn delete_topology_blocking(topology: Topology) {
+    let worker = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(20), delete_topology(&topology)).await;
+            });
+        }
+    });
+    let _ = worker.join();
+}
+
+/// Deletes a deployment's exchanges and queues when dropped, so a failing test cleans up too.
+pub struct TopologyGuard {
+    topology: Option<Topology>,
+}
+
+impl TopologyGuard {
+    /// Guards the names of a configuration.
+    pub fn new(config: &Config) -> TopologyGuard {
+        TopologyGuard {
+            topology: Some(Topology::new(config)),
+        }
+    }
+
+    /// Deletes now.
+    pub async fn delete(mut self) {
+        if let Some(topology) = self.topology.take() {
+            delete_topology(&topology).await;
+        }
+    }
+}
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        if let Some(topology) = self.topology.take() {
+            delete_topology_blocking(topology);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+/// Merges `extra` into `base`: mappings key by key, anything else replaced.
+pub fn merge_yaml(base: &mut serde_yaml_ng::Value, extra: serde_yaml_ng::Value) {
+    match (base, extra) {
+        (serde_yaml_ng::Value::Mapping(base), serde_yaml_ng::Value::Mapping(extra)) => {
+            for (key, value) in extra {
+                match base.get_mut(&key) {
+                    Some(slot) => merge_yaml(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
+
+/// The service configuration of a test, as YAML: its prefix, metrics on a free port, workflows
+/// and secrets in `dir`, loopback allowed, a short retry schedule without quick retries and a
+/// short shutdown grace; then `extra` on top.
+pub fn test_config_yaml(prefix: &str, dir: &Path, extra: &str) -> String {
+    let level = std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let mut config = serde_yaml_ng::to_value(serde_json::json!({
+        "amqp": { "url": AMQP_URL, "prefix": prefix, "queue_type": "quorum" },
+        "metrics": { "listen": "127.0.0.1:0" },
+        "workflows": { "paths": [dir.join("workflows")] },
+        "secrets": { "dir": dir.join("secrets") },
+        "http": { "allow_networks": ["127.0.0.1/32"] },
+        "retry": { "schedule": ["1s"], "quick_attempts": 0 },
+        "shutdown_grace": "5s",
+        "log": { "format": "text", "level": level },
+    }))
+    .expect("config as YAML");
+    if !extra.trim().is_empty() {
+        let extra: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(extra).expect("the test's extra config is YAML");
+        merge_yaml(&mut config, extra);
+    }
+    serde_yaml_ng::to_string(&config).expect("config as YAML")
+}
+
+/// Writes `workflows.yaml` and one file per secret under `dir`.
+pub fn write_workflows_and_secrets(dir: &Path, workflows: &str, secrets: &[(&str, &str)]) {
+    let workflows_dir = dir.join("workflows");
+    let secrets_dir = dir.join("secrets");
+    std::fs::create_dir_all(&workflows_dir).expect("create workflows dir");
+    std::fs::create_dir_all(&secrets_dir).expect("create secrets dir");
+    std::fs::write(workflows_dir.join("workflows.yaml"), workflows).expect("write workflows");
+    for (name, value) in secrets {
+        std::fs::write(secrets_dir.join(name), format!("{value}\n")).expect("write secret");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+/// `GET url` → (status, body).
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// The value of one series in a Prometheus text exposition, e.g.
+/// `switchyard_action_attempts_total{connector="http",outcome="success"}`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service in process
+
+/// A service started for one test, with its own prefix, folder and broker connection.
+pub struct Harness {
+    /// The `amqp.prefix`.
+    pub prefix: String,
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Holds `workflows/` and `secrets/`.
+    pub dir: tempfile::TempDir,
+    /// The test's own broker connection.
+    pub broker: Broker,
+    /// Where `/metrics` answers.
+    pub metrics_addr: SocketAddr,
+    /// Stops the service.
+    token: CancellationToken,
+    /// The running service (taken by [`Harness::finish`]).
+    service: Option<Service>,
+    /// Deletes the topology at the end.
+    guard: Option<TopologyGuard>,
+}
+
+impl Harness {
+    /// Writes the workflows and secrets, starts the service with `extra` config on top of
+    /// [`test_config_yaml`], and waits for `/readyz`.
+    pub async fn start(
+        name: &str,
+        workflows: &str,
+        extra: &str,
+        secrets: &[(&str, &str)],
+    ) -> Harness {
+        let prefix = unique_prefix(name);
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_workflows_and_secrets(dir.path(), workflows, secrets);
+        let yaml = test_config_yaml(&prefix, dir.path(), extra);
+        let config = Config::from_yaml(&yaml)
+            .unwrap_or_else(|e| panic!("the test config is invalid: {e}\n{yaml}"));
+        switchyard::telemetry::init_logging(&config.log);
+        let guard = TopologyGuard::new(&config);
+        let token = CancellationToken::new();
+        let service = Service::start(config.clone(), Role::All, token.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the service did not start: {e}"));
+        let metrics_addr = service.metrics_addr();
+        let harness = Harness {
+            prefix,
+            config,
+            dir,
+            broker: Broker::connect().await,
+            metrics_addr,
+            token,
+            service: Some(service),
+            guard: Some(guard),
+        };
+        let ready = format!("http://{metrics_addr}/readyz");
+        wait_until("/readyz to answer 200", async || {
+            matches!(http_get(&ready).await, Some((200, _)))
+        })
+        .await;
+        harness
+    }
+
+    /// `<prefix>.<suffix>`.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.prefix)
+    }
+
+    /// Publishes an event to `<prefix>.events` with its type as the routing key.
+    pub async fn publish(&self, event: &Value) {
+        let routing_key = event["type"].as_str().expect("the event has a type");
+        let body = serde_json::to_vec(event).expect("event as JSON");
+        self.publish_raw(routing_key, &body).await;
+    }
+
+    /// Publishes raw bytes to `<prefix>.events`.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.broker
+            .publish(&self.name("events"), routing_key, body)
+            .await;
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = http_get(&format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .expect("/metrics answers");
+        assert_eq!(status, 200, "/metrics status");
+        body
+    }
+
+    /// One series' value (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series).unwrap_or(0.0)
+    }
+
+    /// Waits until a series reaches `want`.
+    pub async fn wait_metric(&self, series: &str, want: f64) {
+        wait_until(&format!("{series} == {want}"), async || {
+            self.metric(series).await == want
+        })
+        .await;
+    }
+
+    /// `switchyard_action_attempts_total{connector="http",outcome=…}`.
+    pub fn http_attempts(outcome: &str) -> String {
+        format!("switchyard_action_attempts_total{{connector=\"http\",outcome=\"{outcome}\"}}")
+    }
+
+    /// Stops the service (it must stop cleanly) and deletes the topology.
+    pub async fn finish(mut self) {
+        self.token.cancel();
+        if let Some(service) = self.service.take() {
+            let result = tokio::time::timeout(DEADLINE, service.wait())
+                .await
+                .expect("the service stops within the deadline after cancel");
+            assert!(result.is_ok(), "the service stopped with {result:?}");
+        }
+        if let Some(guard) = self.guard.take() {
+            guard.delete().await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // A test that panicked: stop consuming before the queues go away.
+        self.token.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary
+
+/// The `switchyard` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A command for the binary, run from the repository root, without any `SWITCHYARD*` variable
+/// inherited from the test's environment.
+pub fn switchyard_command(args: &[&str], envs: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command.args(args).current_dir(repo_root());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(envs.iter().copied());
+    command
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Ran {
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the binary to completion (at most [`DEADLINE`] × 3) and captures its output.
+pub async fn run_switchyard(args: &[&str], envs: &[(&str, &str)]) -> Ran {
+    let mut command = tokio::process::Command::from(switchyard_command(args, envs));
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(DEADLINE * 3, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("switchyard {args:?} did not finish"))
+        .expect("the switchyard binary runs");
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
