@@ -142,7 +142,7 @@ impl App {
         let metrics = Metrics::new(&crate::config::CONNECTORS);
         metrics.workflows_loaded.set(catalog.workflows.len() as i64);
         let connectors = Connectors {
-            http: HttpClient::new(&config.http)?,
+            http: HttpClient::new(&config.http, metrics.clone())?,
         };
         let health = Health::default();
         health.workflows.store(true, Ordering::Relaxed);

@@ -9,10 +9,12 @@ use reqwest::header::{HeaderValue, USER_AGENT};
 use std::sync::Arc;
 
 use super::Request;
+use super::breaker::{Breakers, Permit};
 use crate::config::HttpConfig;
 use crate::net::{Guard, GuardedResolver, find_blocked};
-use crate::outcome::ErrorClass;
 use crate::outcome::{self, Outcome};
+use crate::outcome::{ErrorClass, Failure};
+use crate::telemetry::Metrics;
 
 /// Redirects followed at most, each hop re-checked.
 const MAX_REDIRECTS: usize = 5;
@@ -27,6 +29,10 @@ pub struct HttpClient {
     client: reqwest::Client,
     /// The private-network guard (also inside the resolver and the redirect policy).
     guard: Arc<Guard>,
+    /// One circuit breaker per (connector, host).
+    breakers: Arc<Breakers>,
+    /// Rendered bodies larger than this are refused.
+    max_body_bytes: usize,
     /// Response bodies are read up to this many bytes.
     max_response_bytes: usize,
     /// The default whole-request timeout, for error messages.
@@ -35,7 +41,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// Builds the client from `http:` settings.
-    pub fn new(config: &HttpConfig) -> Result<HttpClient, reqwest::Error> {
+    pub fn new(config: &HttpConfig, metrics: Arc<Metrics>) -> Result<HttpClient, reqwest::Error> {
         let guard = Arc::new(Guard::new(&config.allow_networks));
         let hops = guard.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -63,6 +69,8 @@ impl HttpClient {
         Ok(HttpClient {
             client,
             guard,
+            breakers: Arc::new(Breakers::new(metrics)),
+            max_body_bytes: config.max_body_bytes,
             max_response_bytes: config.max_response_bytes,
             timeout: config.timeout,
         })
@@ -74,6 +82,36 @@ impl HttpClient {
         if let Err(blocked) = self.guard.check_url(&request.url) {
             return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
         }
+        let body_len = request.body.as_ref().map_or(0, Vec::len);
+        if body_len > self.max_body_bytes {
+            return Outcome::fail(
+                ErrorClass::Permanent,
+                format!(
+                    "the rendered body is {body_len} bytes, over http.max_body_bytes ({}); not sent to {host}",
+                    self.max_body_bytes
+                ),
+            );
+        }
+        let connector = request.connector;
+        if let Permit::Open(failures) = self.breakers.permit(connector, &host) {
+            // Straight to the next retry tier: a zero wait skips the quick retries.
+            return Outcome::Retry(Failure {
+                class: ErrorClass::Exhausted,
+                reason: format!(
+                    "circuit breaker open for {host} after {failures} consecutive failures; not called"
+                ),
+                status: None,
+                retry_after: Some(Duration::ZERO),
+            });
+        }
+        let outcome = self.call(request, &host).await;
+        self.breakers
+            .record(connector, &host, matches!(outcome, Outcome::Retry(_)));
+        outcome
+    }
+
+    async fn call(&self, request: Request, host: &str) -> Outcome {
+        let host = host.to_owned();
         let timeout = request.timeout.unwrap_or(self.timeout);
         let mut builder = self
             .client

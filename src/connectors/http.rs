@@ -82,7 +82,9 @@ impl HttpAction {
             && url.literal().is_some()
         {
             match Url::parse(url.source()) {
-                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    scope.warn_if_blocked(&parsed, problems);
+                }
                 Ok(parsed) => scope.error(
                     problems,
                     format!(
@@ -293,6 +295,7 @@ impl HttpAction {
             headers,
             body,
             timeout: self.timeout,
+            connector: "http",
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The external systems switchyard calls. One variant of [`ActionSpec`] per kind of action; each
 //! compiles its settings once and turns a rendered action into an [`Outcome`].
 
+pub mod breaker;
 pub mod client;
 pub mod http;
 pub mod webhook;
@@ -53,6 +54,8 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
     /// Overrides the client's timeout.
     pub timeout: Option<Duration>,
+    /// The connector sending it (circuit breakers are per connector and host).
+    pub connector: &'static str,
 }
 
 impl ActionSpec {

@@ -130,6 +130,7 @@ pub fn render(webhook: &Webhook, call: &Call<'_>, timestamp: i64) -> Result<Requ
         headers,
         body: Some(body),
         timeout: None,
+        connector: "webhook",
     })
 }
 

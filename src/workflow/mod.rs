@@ -677,6 +677,29 @@ impl ActionScope<'_> {
         ));
     }
 
+    /// Warns when a literal URL points at an address the private-network guard blocks by default.
+    pub fn warn_if_blocked(&self, url: &url::Url, problems: &mut Vec<Problem>) {
+        let kind = match url.host() {
+            Some(url::Host::Ipv4(ip)) => crate::net::forbidden(ip.into()),
+            Some(url::Host::Ipv6(ip)) => crate::net::forbidden(ip.into()),
+            Some(url::Host::Domain(name)) if name.eq_ignore_ascii_case("localhost") => {
+                Some("loopback")
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            problems.push(Problem::new(
+                Severity::Warning,
+                self.file,
+                Some(self.workflow),
+                Some(self.action),
+                format!(
+                    "{url} is a {kind} address: calls to it are blocked unless http.allow_networks covers it"
+                ),
+            ));
+        }
+    }
+
     /// Compiles a string setting, recording a problem when it does not parse.
     pub fn text(
         &self,
