@@ -220,7 +220,8 @@ impl Filter {
             && self.until.is_none()
     }
 
-    /// Checks what clap cannot: the time window is not empty.
+    /// Checks what clap cannot: the time window is not empty. Done before connecting, so that a
+    /// bad argument is a user error whatever state the broker is in.
     fn check(&self) -> Result<(), DlqError> {
         match (self.since, self.until) {
             (Some(since), Some(until)) if since > until => Err(DlqError::Usage(format!(
@@ -301,6 +302,18 @@ impl DlqError {
 /// Runs one `dlq` command; returns the process exit code.
 pub async fn run(config: &Config, command: Command, out: &mut impl Write) -> ExitCode {
     let topology = Topology::new(config);
+    let filter = match &command {
+        Command::Stats { filter }
+        | Command::List { filter, .. }
+        | Command::Replay { filter, .. }
+        | Command::Export { filter, .. }
+        | Command::Purge { filter, .. } => Some(filter),
+        Command::Show { .. } => None,
+    };
+    if let Some(Err(e)) = filter.map(Filter::check) {
+        eprintln!("error: {e}");
+        return e.exit_code();
+    }
     let result = async {
         let connection = broker::connect(&config.amqp.url, "switchyard dlq").await?;
         let result = dispatch(&connection, &topology, command, out).await;
@@ -713,7 +726,6 @@ async fn stats(
     filter: &Filter,
     out: &mut impl Write,
 ) -> Result<ExitCode, DlqError> {
-    filter.check()?;
     let mut pass = Pass::open(connection, &topology.dead_letter).await?;
     let mut total = 0usize;
     let mut by_connector: HashMap<String, usize> = HashMap::new();
@@ -816,7 +828,6 @@ async fn list(
     limit: Option<usize>,
     out: &mut impl Write,
 ) -> Result<ExitCode, DlqError> {
-    filter.check()?;
     let mut pass = Pass::open(connection, &topology.dead_letter).await?;
     // The whole queue is read even with --limit: a pass that stops early would move the records
     // it read behind the rest (the broker appends what is handed back), and reading everything
@@ -993,7 +1004,6 @@ async fn replay(
     options: ReplayOptions,
     out: &mut impl Write,
 ) -> Result<ExitCode, DlqError> {
-    filter.check()?;
     let publisher = if options.dry_run {
         None
     } else {
@@ -1203,11 +1213,11 @@ async fn export(
     path: &Path,
     out: &mut impl Write,
 ) -> Result<ExitCode, DlqError> {
-    filter.check()?;
     let io = |source| DlqError::Io {
         path: path.to_path_buf(),
         source,
     };
+    let mut pass = Pass::open(connection, &topology.dead_letter).await?;
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1218,9 +1228,15 @@ async fn export(
                 path.display()
             )),
             _ => io(source),
-        })?;
+        });
+    let file = match file {
+        Ok(file) => file,
+        Err(e) => {
+            pass.finish().await?;
+            return Err(e);
+        }
+    };
     let mut writer = BufWriter::new(file);
-    let mut pass = Pass::open(connection, &topology.dead_letter).await?;
     let mut written: Vec<Record> = Vec::new();
     let mut exported = 0usize;
     let result = async {
@@ -1308,7 +1324,6 @@ async fn purge(
     yes: bool,
     out: &mut impl Write,
 ) -> Result<ExitCode, DlqError> {
-    filter.check()?;
     let mut pass = Pass::open(connection, &topology.dead_letter).await?;
     let mut matched = 0usize;
     let result = async {
