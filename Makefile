@@ -68,15 +68,21 @@ sink: ## Run the demo sink on 127.0.0.1:8080 (prints every request it receives; 
 publish: ## Publish the example event (examples/events/data-captured.json)
 	$(CARGO) run --release -- publish --config $(CONFIG) --event $(EVENT) $(PUBLISH_ARGS)
 
-test: rabbitmq ## Run all tests (cargo nextest when installed, else cargo test)
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+# Two steps: the suite, then the ignored tests alone and one at a time. The ignored ones restart the
+# shared broker (tests/broker_restart.rs), so they must never overlap another test.
+test: rabbitmq ## Check the alert rules, run all tests (nextest when installed), then the broker-restart test alone
+	bash deploy/prometheus/check.sh
+	@set -e; if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "+ $(CARGO) nextest run --all-targets $(TEST_ARGS)"; \
 		$(CARGO) nextest run --all-targets $(TEST_ARGS); \
+		echo "+ $(CARGO) nextest run --all-targets --run-ignored only --test-threads 1 --no-tests pass $(TEST_ARGS)"; \
+		$(CARGO) nextest run --all-targets --run-ignored only --test-threads 1 --no-tests pass $(TEST_ARGS); \
 	else \
 		echo "+ $(CARGO) test --all-targets $(TEST_ARGS)   (install cargo-nextest for faster runs)"; \
 		$(CARGO) test --all-targets $(TEST_ARGS); \
+		echo "+ $(CARGO) test --all-targets $(TEST_ARGS) -- --ignored --test-threads 1"; \
+		$(CARGO) test --all-targets $(TEST_ARGS) -- --ignored --test-threads 1; \
 	fi
-	@# Checks of the deployment files (promtool check rules …) go here.
 
 # The bench runs the release `switchyard` binary as a child process, so both must be built.
 bench: rabbitmq ## Measure throughput, latency and memory against the broker's ceiling (switchyard-bench)

@@ -29,6 +29,9 @@ use crate::{router, secrets, server, worker};
 /// How often queue depths are refreshed.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
 
+/// How long closing a broker connection may take; past it the connection is dropped as it is.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What a process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -141,9 +144,10 @@ impl App {
         };
         let metrics = Metrics::new(&crate::config::CONNECTORS);
         metrics.workflows_loaded.set(catalog.workflows.len() as i64);
-        let connectors = Connectors {
-            http: HttpClient::new(&config.http, metrics.clone())?,
-        };
+        let connectors = Connectors::new(
+            HttpClient::new(&config.http, metrics.clone())?,
+            metrics.clone(),
+        );
         let health = Health::default();
         health.workflows.store(true, Ordering::Relaxed);
         Ok(App {
@@ -369,13 +373,18 @@ async fn session(
                     "shutdown_grace elapsed; unfinished actions go back to their queue"
                 );
             }
-            let _ = connection.close(200, "shutdown".into()).await;
+            // Bounded: lapin's close can wait forever for a close-ok that never comes (seen once
+            // in tests/delivery.rs under load); the process must exit right after shutdown_grace.
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "shutdown".into())).await;
             info!("stopped");
             Ok(())
         }
         Err(e) => {
             // The channel is gone: in-flight work cannot ack and will be redelivered.
-            let _ = connection.close(320, "reconnecting".into()).await;
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(320, "reconnecting".into()))
+                    .await;
             Err(e)
         }
     }

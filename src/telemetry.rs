@@ -125,6 +125,9 @@ pub struct Metrics {
     pub outbound_blocked: Family<ConnectorLabel, Counter>,
     /// Events that matched no workflow or webhook (a log-level figure, exported for dashboards).
     pub events_unmatched: Counter,
+    /// `switchyard_partial_failures_total{connector}`: items a remote rejected inside a call that
+    /// succeeded as a whole (Braze's partial success). Not retried: the valid items were applied.
+    pub partial_failures: Family<ConnectorLabel, Counter>,
 }
 
 fn call_buckets() -> Histogram {
@@ -160,6 +163,7 @@ impl Metrics {
             breakers_open: Family::default(),
             outbound_blocked: Family::default(),
             events_unmatched: Counter::default(),
+            partial_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -237,6 +241,11 @@ impl Metrics {
             "Requests refused by the private-network guard",
             m.outbound_blocked.clone(),
         );
+        registry.register(
+            "switchyard_partial_failures",
+            "Items rejected inside a call that succeeded as a whole (Braze partial success)",
+            m.partial_failures.clone(),
+        );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -255,6 +264,7 @@ impl Metrics {
             drop(m.outbound_blocked.get_or_create(&label));
             drop(m.action_duration.get_or_create(&label));
             drop(m.delivery_latency.get_or_create(&label));
+            drop(m.partial_failures.get_or_create(&label));
         }
         Arc::new(Metrics { registry, ..m })
     }

@@ -22,7 +22,8 @@ async fn validate_accepts_the_repository_config() {
     let ran = run_switchyard(&["validate", "--config", "config/switchyard.yaml"], &[]).await;
     assert_eq!(ran.code, Some(0), "{ran:?}");
     assert!(
-        ran.stdout.contains("ok: 3 workflow(s)"),
+        ran.stdout
+            .contains("ok: 7 workflow(s), 0 webhook(s), 3 connection(s)"),
         "names what it loaded: {ran:?}"
     );
     assert!(!ran.stdout.contains("error"), "{ran:?}");

@@ -39,7 +39,7 @@ use switchyard::broker::Topology;
 
 use crate::amqp::Pace;
 use crate::event::EventFactory;
-use crate::procfs::CpuClock;
+use crate::procfs::{CpuClock, CpuSample};
 use crate::report::{Ceiling, Latency, Report, Settings, Throughput};
 use crate::service::{Child, Overrides};
 use crate::sink::{Sink, Wait};
@@ -54,6 +54,13 @@ struct Args {
     /// Events of the latency phase (M), sent at half the measured rate.
     #[arg(long, default_value_t = 10_000)]
     latency_events: u64,
+    /// Tokio worker threads of the service (TOKIO_WORKER_THREADS for the child only; default:
+    /// one per CPU).
+    #[arg(long)]
+    service_threads: Option<usize>,
+    /// Rate of the latency phase, events/s (default: half the measured throughput).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// The broker.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
@@ -161,6 +168,7 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
     let mut report = Report::new(args.events, args.latency_events, events.typical_size());
     report.clk_tck = clock.ticks_per_second;
     report.clk_tck_assumed = clock.assumed;
+    report.load_average = procfs::load_average();
     let broker_pid = procfs::broker_pid();
 
     // 1. The broker's ceiling for 2N messages.
@@ -202,6 +210,7 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         concurrency: args.concurrency,
         worker_prefetch: args.prefetch,
         router_prefetch: args.router_prefetch.or(args.prefetch),
+        threads: args.service_threads,
     };
     let setup = service::write_files(
         &run.dir,
@@ -214,16 +223,18 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         concurrency: setup.config.worker.concurrency,
         worker_prefetch: setup.config.worker.prefetch,
         router_prefetch: setup.config.router.prefetch,
+        threads: args.service_threads,
         defaults: args.concurrency.is_none()
             && args.prefetch.is_none()
-            && args.router_prefetch.is_none(),
+            && args.router_prefetch.is_none()
+            && args.service_threads.is_none(),
     });
     eprintln!(
         "bench: starting {} (log: {})…",
         setup.binary.display(),
         setup.log.display()
     );
-    let child = run.child.insert(Child::spawn(&setup)?);
+    let child = run.child.insert(Child::spawn(&setup, &overrides)?);
     child.wait_ready(Duration::from_secs(60)).await?;
     let service_pid = child.pid();
 
@@ -255,17 +266,15 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         "bench: throughput, {} events as fast as confirms allow…",
         args.events
     );
-    let service_before = procfs::cpu_ticks(service_pid);
-    let broker_before = broker_pid.and_then(procfs::cpu_ticks);
-    let bench_before = procfs::cpu_ticks(std::process::id());
+    let cpu_before = CpuSample::take(service_pid, broker_pid);
+    let calls_before = child.call_durations().await;
     let published = publish(range.clone(), Pace::Flat).await?;
     let arrived = expect_all(wait(range.clone()).await, "throughput")?;
-    let service_ms = clock.ms_between(service_before, procfs::cpu_ticks(service_pid));
-    let broker_ms = clock.ms_between(broker_before, broker_pid.and_then(procfs::cpu_ticks));
-    let bench_ms = clock.ms_between(bench_before, procfs::cpu_ticks(std::process::id()));
-    let secs = (arrived
+    let cpu_after = CpuSample::take(service_pid, broker_pid);
+    let calls_after = child.call_durations().await;
+    let secs = arrived
         .last_arrival_us
-        .saturating_sub(published.first_sent_us)) as f64
+        .saturating_sub(published.first_sent_us) as f64
         / 1e6;
     let n = args.events as f64;
     let throughput = Throughput {
@@ -274,11 +283,13 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         events_per_s: n / secs,
         actions_per_s: n / secs,
         publish_per_s: n / published.elapsed.as_secs_f64(),
-        service_cpu_ms_per_action: service_ms.map(|ms| ms / n),
-        broker_cpu_ms_per_action: broker_ms.map(|ms| ms / n),
-        bench_cpu_ms_per_action: bench_ms.map(|ms| ms / n),
+        cpu: cpu_before.until(&cpu_after, &clock, args.events, secs),
+        mean_call_ms: mean_ms(calls_before, calls_after),
     };
-    let rate = throughput.events_per_s / 2.0;
+    let rate = args
+        .latency_rate
+        .filter(|r| *r > 0.0)
+        .unwrap_or(throughput.events_per_s / 2.0);
     report.throughput = Some(throughput);
 
     // 4. Latency at half the measured rate.
@@ -288,27 +299,51 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
             "bench: latency, {} events at {rate:.0}/s…",
             args.latency_events
         );
-        publish(range.clone(), Pace::PerSecond(rate)).await?;
-        expect_all(wait(range.clone()).await, "latency")?;
-        let mut latencies = sink.latencies_us(range);
+        let cpu_before = CpuSample::take(service_pid, broker_pid);
+        let calls_before = child.call_durations().await;
+        let tap = amqp::Tap::start(&args.amqp_url, &topology.actions, "http").await?;
+        let published = publish(range.clone(), Pace::PerSecond(rate)).await?;
+        let arrived = expect_all(wait(range.clone()).await, "latency")?;
+        let cpu_after = CpuSample::take(service_pid, broker_pid);
+        let calls_after = child.call_durations().await;
+        let tapped = tap.finish().await;
+        let secs = arrived
+            .last_arrival_us
+            .saturating_sub(published.first_sent_us) as f64
+            / 1e6;
+        let mut latencies = sink.latencies_us(range.clone());
         latencies.sort_unstable();
-        report.latency = Some(Latency::from_sorted(rate, &latencies));
+        let mut latency = Latency::from_sorted(rate, &latencies);
+        latency.mean_call_ms = mean_ms(calls_before, calls_after);
+        latency.cpu = Some(cpu_before.until(&cpu_after, &clock, args.latency_events, secs));
+        report.latency = Some(latency);
+        report.split = Some(split(&sink, range, tapped, rate));
 
-        // The floor under that figure: one hop through a quorum queue at the same rate, acked
-        // message by message. An action makes two such hops (event, then action message).
-        let hop_queue = format!("{}.hop", run.prefix);
-        run.extra_queues.push(hop_queue.clone());
-        eprintln!("bench: broker floor, one queue hop at {rate:.0}/s…");
-        let hops = amqp::hop_latency(
+        // The floor under that figure: the same two broker hops, confirms and acks as the
+        // service, at the same rate, with nothing done in between.
+        let (first, second) = (
+            format!("{}.floor-1", run.prefix),
+            format!("{}.floor-2", run.prefix),
+        );
+        run.extra_queues.extend([first.clone(), second.clone()]);
+        eprintln!("bench: broker floor, a bare relay at {rate:.0}/s…");
+        let cpu_before = CpuSample::take(service_pid, broker_pid);
+        let floor = amqp::relay_latency(
             &args.amqp_url,
-            &hop_queue,
+            &first,
+            &second,
             &events,
             args.latency_events,
             rate,
             args.window,
+            args.prefetch.unwrap_or(256),
         )
         .await?;
-        report.broker_hop = Some(Latency::from_sorted(rate, &hops));
+        let cpu_after = CpuSample::take(service_pid, broker_pid);
+        let mut floor = Latency::from_sorted(rate, &floor);
+        let secs = args.latency_events as f64 / rate;
+        floor.cpu = Some(cpu_before.until(&cpu_after, &clock, args.latency_events, secs));
+        report.broker_floor = Some(floor);
     }
     let _ = connection.close(200, "done".into()).await;
 
@@ -388,4 +423,33 @@ fn expect_all(wait: Wait, phase: &str) -> anyhow::Result<sink::Arrived> {
 
 fn child_alive(pid: u32) -> bool {
     procfs::cpu_ticks(pid).is_some() && !procfs::is_zombie(pid)
+}
+
+/// The mean of a duration histogram between two (sum in seconds, count) readings, in ms.
+fn mean_ms(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<f64> {
+    let ((sum0, count0), (sum1, count1)) = (before?, after?);
+    (count1 > count0).then(|| (sum1 - sum0) / (count1 - count0) * 1000.0)
+}
+
+/// Splits each event's latency where its action message was seen on the tap: publish → action
+/// message (event hop + router), then action message → sink (action hop + worker + call).
+fn split(
+    sink: &Sink,
+    range: std::ops::Range<u64>,
+    tapped: Vec<(u64, u64)>,
+    rate: f64,
+) -> (Latency, Latency) {
+    let (mut router_side, mut worker_side) = (Vec::new(), Vec::new());
+    for (seq, to_action) in tapped {
+        if let Some(total) = range.contains(&seq).then(|| sink.latency_us(seq)).flatten() {
+            router_side.push(to_action.min(total));
+            worker_side.push(total.saturating_sub(to_action));
+        }
+    }
+    router_side.sort_unstable();
+    worker_side.sort_unstable();
+    (
+        Latency::from_sorted(rate, &router_side),
+        Latency::from_sorted(rate, &worker_side),
+    )
 }

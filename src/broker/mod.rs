@@ -196,7 +196,10 @@ impl Topology {
             }
             self.queue(channel, queue, args).await?;
             let mut binding = FieldTable::default();
-            binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+            // `all-with-x`: with plain `all` the broker ignores binding keys that start with `x-`,
+            // so every tier would match every message and each retry would be copied into every
+            // tier (RabbitMQ 3.10+).
+            binding.insert("x-match".into(), AMQPValue::LongString("all-with-x".into()));
             binding.insert(
                 RETRY_TIER_HEADER.into(),
                 AMQPValue::LongString(format_delay(*delay).into()),

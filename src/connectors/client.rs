@@ -78,6 +78,12 @@ impl HttpClient {
 
     /// Sends a request and classifies what comes back.
     pub async fn send(&self, request: Request) -> Outcome {
+        self.send_with(request, outcome::classify_response).await
+    }
+
+    /// Sends a request and classifies what comes back with a connector's own classifier (from
+    /// `outcome.rs`), keeping the guard, the breaker, the timeouts and the response cap.
+    pub async fn send_with(&self, request: Request, classify: outcome::Classifier) -> Outcome {
         let host = request.url.host_str().unwrap_or("?").to_owned();
         if let Err(blocked) = self.guard.check_url(&request.url) {
             return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
@@ -104,13 +110,13 @@ impl HttpClient {
                 retry_after: Some(Duration::ZERO),
             });
         }
-        let outcome = self.call(request, &host).await;
+        let outcome = self.call(request, &host, classify).await;
         self.breakers
             .record(connector, &host, matches!(outcome, Outcome::Retry(_)));
         outcome
     }
 
-    async fn call(&self, request: Request, host: &str) -> Outcome {
+    async fn call(&self, request: Request, host: &str, classify: outcome::Classifier) -> Outcome {
         let host = host.to_owned();
         let timeout = request.timeout.unwrap_or(self.timeout);
         let mut builder = self
@@ -144,7 +150,7 @@ impl HttpClient {
                 Err(e) => return transport_failure(&e, &host, timeout),
             }
         }
-        outcome::classify_response(status, &headers, &body, &host)
+        classify(status, &headers, &body, &host)
     }
 }
 

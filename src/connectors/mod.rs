@@ -1,11 +1,17 @@
 //! The external systems switchyard calls. One variant of [`ActionSpec`] per kind of action; each
 //! compiles its settings once and turns a rendered action into an [`Outcome`].
 
+pub mod braze;
 pub mod breaker;
 pub mod client;
+pub mod connection;
 pub mod http;
+pub mod mailchimp;
+pub mod registry;
+pub mod salesforce;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -13,6 +19,7 @@ use reqwest::header::HeaderMap;
 use url::Url;
 
 use crate::outcome::Outcome;
+use crate::telemetry::Metrics;
 use crate::template::{Context, Engine};
 use crate::workflow::def::ActionDef;
 use crate::workflow::{ActionScope, Problem, Webhook};
@@ -23,6 +30,12 @@ pub use client::HttpClient;
 pub enum ActionSpec {
     /// A custom HTTP request.
     Http(http::HttpAction),
+    /// A Salesforce operation.
+    Salesforce(salesforce::SalesforceAction),
+    /// A Mailchimp operation.
+    Mailchimp(mailchimp::MailchimpAction),
+    /// A Braze operation.
+    Braze(braze::BrazeAction),
 }
 
 /// Everything an action needs besides its own settings: shared clients, built once per process.
@@ -30,6 +43,21 @@ pub enum ActionSpec {
 pub struct Connectors {
     /// The outbound HTTP client every connector uses.
     pub http: HttpClient,
+    /// Per-connection state of the connected apps (tokens, limits); survives reloads.
+    pub registry: Arc<registry::Registry>,
+    /// For connector-level counters (Braze partial failures).
+    pub metrics: Arc<Metrics>,
+}
+
+impl Connectors {
+    /// The shared clients and an empty connection registry.
+    pub fn new(http: HttpClient, metrics: Arc<Metrics>) -> Connectors {
+        Connectors {
+            http,
+            registry: Arc::default(),
+            metrics,
+        }
+    }
 }
 
 /// One action about to run.
@@ -82,17 +110,24 @@ impl ActionSpec {
                 let http = def.http.as_ref()?;
                 http::HttpAction::compile(http, engine, scope, problems).map(ActionSpec::Http)
             }
+            ["salesforce"] => {
+                let section = def.salesforce.as_ref()?;
+                salesforce::SalesforceAction::compile(section, engine, scope, problems)
+                    .map(ActionSpec::Salesforce)
+            }
+            ["mailchimp"] => {
+                let section = def.mailchimp.as_ref()?;
+                mailchimp::MailchimpAction::compile(section, engine, scope, problems)
+                    .map(ActionSpec::Mailchimp)
+            }
+            ["braze"] => {
+                let section = def.braze.as_ref()?;
+                braze::BrazeAction::compile(section, engine, scope, problems).map(ActionSpec::Braze)
+            }
             [] => {
                 scope.error(
                     problems,
                     "names no action kind; use one of http, salesforce, mailchimp, braze",
-                );
-                None
-            }
-            [one] => {
-                scope.error(
-                    problems,
-                    format!("the {one} connected app is not available in this version"),
                 );
                 None
             }
@@ -113,6 +148,9 @@ impl ActionSpec {
     pub fn connector(&self) -> &'static str {
         match self {
             ActionSpec::Http(_) => "http",
+            ActionSpec::Salesforce(_) => "salesforce",
+            ActionSpec::Mailchimp(_) => "mailchimp",
+            ActionSpec::Braze(_) => "braze",
         }
     }
 
@@ -120,6 +158,9 @@ impl ActionSpec {
     pub fn preview(&self, call: &Call<'_>) -> Result<Request, Outcome> {
         match self {
             ActionSpec::Http(action) => action.render(call),
+            ActionSpec::Salesforce(action) => action.preview(call),
+            ActionSpec::Mailchimp(action) => action.preview(call),
+            ActionSpec::Braze(action) => action.preview(call),
         }
     }
 
@@ -130,8 +171,16 @@ impl ActionSpec {
                 Ok(request) => connectors.http.send(request).await,
                 Err(outcome) => outcome,
             },
+            ActionSpec::Salesforce(action) => action.execute(call, connectors).await,
+            ActionSpec::Mailchimp(action) => action.execute(call, connectors).await,
+            ActionSpec::Braze(action) => action.execute(call, connectors).await,
         }
     }
+}
+
+/// Checks a connection's settings when the workflow files load (every problem, as text).
+pub fn check_connection(connection: &crate::workflow::Connection, engine: &Engine) -> Vec<String> {
+    connection::check(connection, engine)
 }
 
 /// What a worker runs: a workflow action, or a webhook delivery.

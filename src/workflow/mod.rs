@@ -250,6 +250,14 @@ impl Catalog {
                     kind,
                     settings,
                 };
+                for message in crate::connectors::check_connection(&compiled, engine) {
+                    problems.push(Problem::error(
+                        file,
+                        None,
+                        None,
+                        format!("connection {}: {message}", compiled.id),
+                    ));
+                }
                 if catalog
                     .connections
                     .insert(connection.id.clone(), compiled)

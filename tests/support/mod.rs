@@ -4,6 +4,7 @@
 //!   workflows and secrets, metrics on port 0, and deletes its exchanges and queues at the end
 //!   (also when the test panics).
 //! - [`FakeServer`] is a remote HTTP service: it records every request and answers from a script.
+//! - [`apps`] holds fake Salesforce, Mailchimp and Braze servers built on it, quirks included.
 //! - [`Broker`] publishes events with confirms and reads queues back.
 //! - [`wait_until`] / [`wait_for`] poll a condition with a deadline instead of sleeping.
 //!
@@ -30,6 +31,8 @@ use serde_json::Value;
 use switchyard::broker::Topology;
 use switchyard::{Config, Role, Service};
 use tokio_util::sync::CancellationToken;
+
+pub mod apps;
 
 /// The broker every test uses.
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -81,6 +84,32 @@ pub async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) 
         );
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// [`wait_until`] with a deadline of the caller's choice (long scenarios: restarts, thousands of
+/// events).
+pub async fn wait_until_within(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a child process's `metrics.listen`).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("address").port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,6 +253,27 @@ struct FakeState {
     requests: Mutex<Vec<Recorded>>,
     /// Requests whose handler ran to the end (the answer was handed to the connection).
     completed: AtomicUsize,
+    /// Requests being handled right now.
+    active: AtomicUsize,
+    /// The most requests ever handled at once.
+    max_active: AtomicUsize,
+}
+
+/// Counts a request as active while it lives (also when the client gives up on it).
+struct ActiveGuard<'a>(&'a FakeState);
+
+impl<'a> ActiveGuard<'a> {
+    fn enter(state: &'a FakeState) -> ActiveGuard<'a> {
+        let now = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_active.fetch_max(now, Ordering::SeqCst);
+        ActiveGuard(state)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// An HTTP server on 127.0.0.1 standing in for a remote API.
@@ -240,6 +290,8 @@ impl FakeServer {
             script: Box::new(script),
             requests: Mutex::new(Vec::new()),
             completed: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            max_active: AtomicUsize::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -273,6 +325,23 @@ impl FakeServer {
     pub fn completed(&self) -> usize {
         self.state.completed.load(Ordering::SeqCst)
     }
+
+    /// Requests received but not answered yet.
+    pub fn in_flight(&self) -> usize {
+        // `completed` is bumped after the request is recorded, so read it first.
+        let completed = self.completed();
+        self.count().saturating_sub(completed)
+    }
+
+    /// The most requests the fake was handling at the same moment.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Looks at the requests without copying them (for polls over thousands of requests).
+    pub fn inspect<T>(&self, look: impl FnOnce(&[Recorded]) -> T) -> T {
+        look(&self.state.requests.lock().expect("lock"))
+    }
 }
 
 impl Drop for FakeServer {
@@ -296,6 +365,7 @@ async fn handle(
         body,
         at: Instant::now(),
     };
+    let _active = ActiveGuard::enter(&state);
     let reply = (state.script)(&recorded);
     state.requests.lock().expect("lock").push(recorded);
     if !reply.delay.is_zero() {
@@ -419,6 +489,47 @@ impl Broker {
             matches!(confirm, Confirmation::Ack(None)),
             "the broker did not accept the message to {exchange} {routing_key}: {confirm:?}"
         );
+    }
+
+    /// Publishes many persistent JSON messages `(routing key, body)` with pipelined confirms:
+    /// up to `window` publishes are outstanding before their confirms are awaited. Any nack or
+    /// unroutable message fails the test.
+    pub async fn publish_pipelined(
+        &self,
+        exchange: &str,
+        messages: &[(String, Vec<u8>)],
+        window: usize,
+    ) {
+        for chunk in messages.chunks(window.max(1)) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for (routing_key, body) in chunk {
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                let confirm = self
+                    .channel
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        body,
+                        properties,
+                    )
+                    .await
+                    .expect("publish");
+                pending.push((routing_key, confirm));
+            }
+            for (routing_key, confirm) in pending {
+                let confirm = confirm.await.expect("confirm");
+                assert!(
+                    matches!(confirm, Confirmation::Ack(None)),
+                    "the broker did not accept a message to {exchange} {routing_key}: {confirm:?}"
+                );
+            }
+        }
     }
 
     /// Ready messages in a queue (passive declare on a fresh channel, so a missing queue does
@@ -692,6 +803,14 @@ impl Harness {
         harness
     }
 
+    /// The running service's shared state (reloads, connection registry).
+    pub fn app(&self) -> std::sync::Arc<switchyard::app::App> {
+        self.service
+            .as_ref()
+            .map(|s| s.app.clone())
+            .expect("the service is running")
+    }
+
     /// `<prefix>.<suffix>`.
     pub fn name(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.prefix)
@@ -803,5 +922,111 @@ pub async fn run_switchyard(args: &[&str], envs: &[(&str, &str)]) -> Ran {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `switchyard run` as a child process, with its output in files; killed (SIGKILL) if the test
+/// ends while it still runs.
+pub struct Process {
+    /// The child.
+    pub child: std::process::Child,
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub port: u16,
+    /// Its standard error (the logs).
+    pub stderr_path: PathBuf,
+}
+
+impl Process {
+    /// Starts `switchyard run --config <config>` with `metrics.listen` on a free port; `name`
+    /// tells apart the log files of several starts in one `dir`.
+    pub fn spawn(config: &Path, dir: &Path, name: &str) -> Process {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let stdout_path = dir.join(format!("{name}.stdout.log"));
+        let stderr_path = dir.join(format!("{name}.stderr.log"));
+        let child = switchyard_command(
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            &[("SWITCHYARD__METRICS__LISTEN", &listen)],
+        )
+        .stdout(std::process::Stdio::from(
+            std::fs::File::create(&stdout_path).expect("stdout file"),
+        ))
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(&stderr_path).expect("stderr file"),
+        ))
+        .spawn()
+        .expect("start switchyard run");
+        Process {
+            child,
+            port,
+            stderr_path,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Fails the test (with the logs) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "switchyard run exited unexpectedly ({status}):\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self, deadline: Duration) {
+        let ready = format!("http://127.0.0.1:{}/readyz", self.port);
+        wait_until_within("switchyard run to be ready", deadline, async || {
+            self.assert_running();
+            matches!(http_get(&ready).await, Some((200, _)))
+        })
+        .await;
+    }
+
+    /// Sends a signal with `kill -<signal>`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.clone()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// `kill -9`, and reaps it.
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        // `Child::kill` is SIGKILL on Unix.
+        self.child.kill().expect("SIGKILL the child");
+        self.child.wait().expect("reap the child")
+    }
+
+    /// Polls until the process exits; fails the test after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "switchyard run still running after {deadline:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -9,7 +9,8 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
@@ -204,40 +205,92 @@ pub async fn ceiling(
     })
 }
 
-/// The broker's own latency for one hop: `count` events published at `rate` per second through a
-/// fresh quorum queue, each acked on its own as it arrives. Returns publish → delivery latencies
-/// in µs, sorted, and deletes the queue.
-pub async fn hop_latency(
+/// The broker's latency floor for what the service does, with no work in between: events are
+/// published at `rate` per second to quorum queue `first`; a relay on one connection (as the
+/// service has) republishes each to quorum queue `second` and acks it once the copy is confirmed
+/// (the router's pattern); a consumer of `second` acks each copy on its own (the worker's). Both
+/// consumers use `prefetch`. Returns publish → second delivery latencies in µs, sorted, and
+/// deletes both queues.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay_latency(
     url: &str,
-    queue: &str,
+    first: &str,
+    second: &str,
     events: &EventFactory,
     count: u64,
     rate: f64,
     window: usize,
+    prefetch: u16,
 ) -> anyhow::Result<Vec<u64>> {
-    let publisher = connect(url, "switchyard-bench hop publisher").await?;
-    let consumer = connect(url, "switchyard-bench hop consumer").await?;
-    let channel = consumer
-        .create_channel()
+    let publisher = connect(url, "switchyard-bench relay publisher").await?;
+    let relay = connect(url, "switchyard-bench relay").await?;
+    let setup = relay.create_channel().await.context("opening a channel")?;
+    declare_quorum(&setup, first).await?;
+    declare_quorum(&setup, second).await?;
+    let consumer = |queue: &str, tag: &str| {
+        let (queue, tag) = (queue.to_owned(), tag.to_owned());
+        let relay = &relay;
+        async move {
+            let channel = relay.create_channel().await.context("opening a channel")?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .context("setting the prefetch")?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {queue}"))?;
+            anyhow::Ok((channel, consumer))
+        }
+    };
+    let (_first_channel, mut hop_one) = consumer(first, "switchyard-bench-relay").await?;
+    let (_second_channel, mut hop_two) = consumer(second, "switchyard-bench-relay-out").await?;
+    let confirms = relay.create_channel().await.context("opening a channel")?;
+    confirms
+        .confirm_select(ConfirmSelectOptions::default())
         .await
-        .context("opening a channel")?;
-    declare_quorum(&channel, queue).await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.into(),
-            "switchyard-bench-hop".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming {queue}"))?;
+        .context("enabling publisher confirms")?;
+    let to = second.to_owned();
+    let relaying = tokio::spawn(async move {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        while let Some(delivery) = hop_one.next().await {
+            let delivery = delivery.context("relay consumer")?;
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            let confirm = confirms
+                .basic_publish(
+                    "".into(),
+                    to.as_str().into(),
+                    options,
+                    &delivery.data,
+                    properties,
+                )
+                .await
+                .context("relaying")?;
+            tokio::spawn(async move {
+                if confirmed(confirm, "the relay").await.is_ok() {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+            });
+        }
+        anyhow::Ok(())
+    });
     let consuming = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(count as usize);
         while (latencies.len() as u64) < count {
-            let delivery = match deliveries.next().await {
+            let delivery = match hop_two.next().await {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(anyhow::Error::new(e).context("consuming")),
-                None => bail!("the hop consumer was cancelled"),
+                None => bail!("the relay's consumer was cancelled"),
             };
             let now = now_us();
             let sent = serde_json::from_slice::<serde_json::Value>(&delivery.data)
@@ -256,28 +309,106 @@ pub async fn hop_latency(
     let published = publish(
         &publisher,
         "",
-        queue,
+        first,
         0..count,
         events,
         window,
         Pace::PerSecond(rate),
     )
     .await;
-    let mut latencies = match published {
-        Ok(_) => consuming.await.context("the hop consumer panicked")??,
+    let result = match published {
+        Ok(_) => consuming.await.context("the relay's consumer panicked")?,
         Err(e) => {
             consuming.abort();
-            return Err(e);
+            Err(e)
         }
     };
-    channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await
-        .with_context(|| format!("deleting {queue}"))?;
-    let _ = consumer.close(200, "done".into()).await;
+    relaying.abort();
+    for queue in [first, second] {
+        let channel = relay.create_channel().await.context("opening a channel")?;
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting {queue}"))?;
+    }
+    let _ = relay.close(200, "done".into()).await;
     let _ = publisher.close(200, "done".into()).await;
+    let mut latencies = result?;
     latencies.sort_unstable();
     Ok(latencies)
+}
+
+/// A tap on the service's action messages: a transient queue bound next to the action queue
+/// (same exchange and routing key) receives a copy of each action message the router publishes,
+/// and records when, so that publish → arrival splits into the router's side and the worker's.
+pub struct Tap {
+    /// Its own connection, closed at the end (the queue is exclusive: it goes with it).
+    connection: Connection,
+    /// The consumer: (event seq, publish → copy received in µs) per action message.
+    task: tokio::task::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl Tap {
+    /// Binds an exclusive, auto-delete classic queue to `exchange` with `routing_key`.
+    pub async fn start(url: &str, exchange: &str, routing_key: &str) -> anyhow::Result<Tap> {
+        let connection = connect(url, "switchyard-bench tap").await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .context("declaring the tap queue")?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding the tap to {exchange}"))?;
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let mut copies = channel
+            .basic_consume(
+                queue.name().clone(),
+                "switchyard-bench-tap".into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await
+            .context("consuming the tap")?;
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Ok(copy)) = copies.next().await {
+                let now = now_us();
+                let message = serde_json::from_slice::<serde_json::Value>(&copy.data).ok();
+                let data = message.as_ref().and_then(|m| m.get("event")?.get("data"));
+                let field = |name: &str| data.and_then(|d| d.get(name)?.as_u64());
+                if let (Some(seq), Some(sent)) = (field("seq"), field("sent_at_us")) {
+                    seen.push((seq, now.saturating_sub(sent)));
+                }
+            }
+            seen
+        });
+        Ok(Tap { connection, task })
+    }
+
+    /// Closes the tap; returns (event seq, publish → action message copy in µs).
+    pub async fn finish(self) -> Vec<(u64, u64)> {
+        let _ = self.connection.close(200, "done".into()).await;
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// Declares a durable quorum queue.

@@ -83,3 +83,84 @@ pub fn broker_pid() -> Option<u32> {
                 .is_ok_and(|comm| comm.trim() == "beam.smp")
         })
 }
+
+/// Busy CPU time of the whole machine, in clock ticks: every state of `/proc/stat`'s `cpu` line
+/// but idle and iowait.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = values.iter().take(8).sum();
+    Some(total - values.get(3)? - values.get(4)?)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU times (clock ticks) of everything the bench watches, taken at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    /// The service.
+    service: Option<u64>,
+    /// The broker, when it runs here.
+    broker: Option<u64>,
+    /// This process (publisher, sink).
+    bench: Option<u64>,
+    /// The whole machine, busy time.
+    machine: Option<u64>,
+}
+
+/// CPU use over an interval, per action.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CpuUse {
+    /// The service's CPU ms per action.
+    pub service_ms: Option<f64>,
+    /// The broker's CPU ms per action.
+    pub broker_ms: Option<f64>,
+    /// The bench's CPU ms per action (publisher and sink).
+    pub bench_ms: Option<f64>,
+    /// Cores used by every other process meanwhile (noise in the figures).
+    pub other_cores: Option<f64>,
+}
+
+impl CpuSample {
+    /// Reads the service's, the broker's, this process's and the machine's CPU time now.
+    pub fn take(service: u32, broker: Option<u32>) -> CpuSample {
+        CpuSample {
+            service: cpu_ticks(service),
+            broker: broker.and_then(cpu_ticks),
+            bench: cpu_ticks(std::process::id()),
+            machine: machine_busy_ticks(),
+        }
+    }
+
+    /// What was used from `self` to `later`, over `actions` actions and `secs` seconds.
+    pub fn until(&self, later: &CpuSample, clock: &CpuClock, actions: u64, secs: f64) -> CpuUse {
+        let service = clock.ms_between(self.service, later.service);
+        let broker = clock.ms_between(self.broker, later.broker);
+        let bench = clock.ms_between(self.bench, later.bench);
+        let machine = clock.ms_between(self.machine, later.machine);
+        let per_action = |ms: Option<f64>| ms.map(|ms| ms / actions.max(1) as f64);
+        CpuUse {
+            service_ms: per_action(service),
+            broker_ms: per_action(broker),
+            bench_ms: per_action(bench),
+            other_cores: machine.map(|busy| {
+                let ours = service.unwrap_or(0.0) + broker.unwrap_or(0.0) + bench.unwrap_or(0.0);
+                (busy - ours).max(0.0) / 1000.0 / secs
+            }),
+        }
+    }
+}

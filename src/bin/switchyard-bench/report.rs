@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::procfs::CpuUse;
+
 /// Actions/s must reach this share of the broker's ceiling (in actions: messages/s ÷ 2).
 const TARGET_RATIO_PCT: f64 = 50.0;
 /// p99 publish → arrival at half the maximum rate.
@@ -39,7 +41,9 @@ pub struct Settings {
     pub worker_prefetch: u16,
     /// `router.prefetch`.
     pub router_prefetch: u16,
-    /// True when all three are the service's defaults.
+    /// Tokio worker threads, when set (default: one per CPU).
+    pub threads: Option<usize>,
+    /// True when all of these are the service's defaults.
     pub defaults: bool,
 }
 
@@ -56,12 +60,10 @@ pub struct Throughput {
     pub actions_per_s: f64,
     /// How fast the bench published (confirmed), for comparison.
     pub publish_per_s: f64,
-    /// The service's CPU (user + system) per action.
-    pub service_cpu_ms_per_action: Option<f64>,
-    /// The broker's CPU per action (two messages).
-    pub broker_cpu_ms_per_action: Option<f64>,
-    /// This process's CPU per action (publisher and sink).
-    pub bench_cpu_ms_per_action: Option<f64>,
+    /// CPU (user + system) per action of the service, the broker and the bench.
+    pub cpu: CpuUse,
+    /// The service's mean HTTP call to the sink (`switchyard_action_duration_seconds`).
+    pub mean_call_ms: Option<f64>,
 }
 
 /// The latency phase.
@@ -79,6 +81,10 @@ pub struct Latency {
     pub p99_ms: f64,
     /// Worst.
     pub max_ms: f64,
+    /// The service's mean HTTP call to the sink meanwhile, when measured.
+    pub mean_call_ms: Option<f64>,
+    /// CPU per action meanwhile, when measured.
+    pub cpu: Option<CpuUse>,
 }
 
 impl Latency {
@@ -98,6 +104,8 @@ impl Latency {
             p90_ms: at(0.90),
             p99_ms: at(0.99),
             max_ms: at(1.0),
+            mean_call_ms: None,
+            cpu: None,
         }
     }
 }
@@ -140,12 +148,18 @@ pub struct Report {
     pub throughput: Option<Throughput>,
     /// The latency phase.
     pub latency: Option<Latency>,
-    /// One quorum-queue hop, publish → delivery, at the latency phase's rate (no service).
-    pub broker_hop: Option<Latency>,
+    /// The broker alone doing what the service does (two hops, confirm then ack, per-message
+    /// acks) at the latency phase's rate, with no work in between.
+    pub broker_floor: Option<Latency>,
+    /// The latency phase split at the action message (seen on a tap queue): publish → action
+    /// message (event hop + router), and action message → sink (action hop + worker + call).
+    pub split: Option<(Latency, Latency)>,
     /// The service's peak resident memory (VmHWM), KiB.
     pub rss_peak_kib: Option<u64>,
     /// (events that reached the sink more than once, requests the sink could not read).
     pub duplicates: (u64, u64),
+    /// The 1-minute load average when the run started.
+    pub load_average: Option<f64>,
     /// The service's own count of HTTP attempts by outcome.
     pub attempts: Vec<(String, u64)>,
     /// Messages left in the router, dead-letter and rejected queues at the end.
@@ -168,9 +182,11 @@ impl Report {
             settings: None,
             throughput: None,
             latency: None,
-            broker_hop: None,
+            broker_floor: None,
+            split: None,
             rss_peak_kib: None,
             duplicates: (0, 0),
+            load_average: None,
             attempts: Vec::new(),
             leftovers: Vec::new(),
             cleanup: Vec::new(),
@@ -236,13 +252,18 @@ impl Report {
             "\nswitchyard-bench: N = {} events, M = {} latency events, {} B each, quorum queues, {} CPUs",
             self.events, self.latency_events, self.event_bytes, self.cpus
         );
+        if let Some(load) = self.load_average {
+            let _ = writeln!(out, "machine load average at the start: {load:.2}");
+        }
         if let Some(s) = &self.settings {
             let _ = writeln!(
                 out,
-                "service: worker.concurrency {}, worker.prefetch {}, router.prefetch {}{}",
+                "service: worker.concurrency {}, worker.prefetch {}, router.prefetch {}, tokio worker threads {}{}",
                 s.concurrency,
                 s.worker_prefetch,
                 s.router_prefetch,
+                s.threads
+                    .map_or_else(|| format!("{} (one per CPU)", self.cpus), |t| t.to_string()),
                 if s.defaults { " (its defaults)" } else { "" }
             );
         }
@@ -272,20 +293,7 @@ impl Report {
                 "throughput      {} events in {:.2} s = {:.0} events/s = {:.0} actions/s  (published at {:.0}/s)",
                 t.events, t.secs, t.events_per_s, t.actions_per_s, t.publish_per_s
             );
-            let _ = writeln!(
-                out,
-                "                CPU per action: service {}, broker {}, bench {}{}",
-                ms(t.service_cpu_ms_per_action),
-                ms(t.broker_cpu_ms_per_action),
-                ms(t.bench_cpu_ms_per_action),
-                match t.service_cpu_ms_per_action {
-                    Some(cpu) => format!(
-                        "  (service busy {:.2} cores)",
-                        cpu * t.actions_per_s / 1000.0
-                    ),
-                    None => String::new(),
-                }
-            );
+            cpu_lines(&mut out, &t.cpu, t.actions_per_s, t.mean_call_ms);
         }
         if let Some(l) = &self.latency {
             let _ = writeln!(
@@ -293,13 +301,31 @@ impl Report {
                 "latency         {} events at {:.0}/s: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 l.events, l.rate, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
             );
+            if let Some(cpu) = &l.cpu {
+                cpu_lines(&mut out, cpu, l.rate, l.mean_call_ms);
+            }
         }
-        if let Some(h) = &self.broker_hop {
+        if let Some((router, worker)) = &self.split {
             let _ = writeln!(
                 out,
-                "broker floor    one quorum-queue hop at {:.0}/s, no service: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n                (an action makes two hops: event, then action message)",
+                "                split: publish → action message p50 {:.1} / p99 {:.1} ms (event hop + router)\n                       action message → sink p50 {:.1} / p99 {:.1} ms (action hop + worker + call)",
+                router.p50_ms, router.p99_ms, worker.p50_ms, worker.p99_ms
+            );
+        }
+        if let Some(h) = &self.broker_floor {
+            let _ = writeln!(
+                out,
+                "broker floor    bare relay, same 2 hops/confirms/acks at {:.0}/s: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 h.rate, h.p50_ms, h.p90_ms, h.p99_ms, h.max_ms
             );
+            if let Some(cpu) = &h.cpu {
+                let _ = writeln!(
+                    out,
+                    "                CPU per event: broker {}, bench (publisher + relay + consumer) {}",
+                    ms(cpu.broker_ms),
+                    ms(cpu.bench_ms)
+                );
+            }
         }
         if let Some(rss) = self.rss_mib() {
             let _ = writeln!(out, "memory          peak RSS of the service {rss:.1} MiB");
@@ -396,5 +422,37 @@ fn ms(value: Option<f64>) -> String {
     match value {
         Some(v) => format!("{v:.3} ms"),
         None => "n/a".to_owned(),
+    }
+}
+
+/// The CPU and HTTP-call lines under a phase.
+fn cpu_lines(out: &mut String, cpu: &CpuUse, actions_per_s: f64, mean_call_ms: Option<f64>) {
+    let cores = |per_action: Option<f64>| match per_action {
+        Some(v) => format!("{} ({:.2} cores)", ms(Some(v)), v * actions_per_s / 1000.0),
+        None => "n/a".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "                CPU per action: service {}, broker {}, bench {}",
+        cores(cpu.service_ms),
+        cores(cpu.broker_ms),
+        cores(cpu.bench_ms)
+    );
+    if let Some(other) = cpu.other_cores {
+        let noise = if other > 0.2 {
+            " (noise: rerun on a quiet machine)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "                other processes used {other:.2} cores meanwhile{noise}"
+        );
+    }
+    if let Some(call) = mean_call_ms {
+        let _ = writeln!(
+            out,
+            "                mean HTTP call to the sink {call:.2} ms (switchyard_action_duration_seconds)"
+        );
     }
 }

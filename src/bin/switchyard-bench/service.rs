@@ -19,6 +19,8 @@ pub struct Overrides {
     pub worker_prefetch: Option<u16>,
     /// `router.prefetch`.
     pub router_prefetch: Option<u16>,
+    /// Tokio worker threads (`TOKIO_WORKER_THREADS`).
+    pub threads: Option<usize>,
 }
 
 /// Everything needed to start the service.
@@ -160,7 +162,7 @@ pub struct Child {
 impl Child {
     /// Starts `switchyard run --role all --config …`, with stderr to the log file and no
     /// `SWITCHYARD__…` variables (the bench's config must be the one measured).
-    pub fn spawn(setup: &Setup) -> anyhow::Result<Child> {
+    pub fn spawn(setup: &Setup, overrides: &Overrides) -> anyhow::Result<Child> {
         let log = File::create(&setup.log)
             .with_context(|| format!("creating {}", setup.log.display()))?;
         let mut command = Command::new(&setup.binary);
@@ -174,6 +176,9 @@ impl Child {
             if key.to_string_lossy().starts_with("SWITCHYARD__") {
                 command.env_remove(key);
             }
+        }
+        if let Some(threads) = overrides.threads {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
         }
         let process = command
             .spawn()
@@ -241,6 +246,21 @@ impl Child {
                 Some((outcome.to_owned(), value as u64))
             })
             .collect()
+    }
+
+    /// `switchyard_action_duration_seconds{connector="http"}` so far: (sum in seconds, count).
+    pub async fn call_durations(&self) -> Option<(f64, f64)> {
+        let url = format!("http://{}/metrics", self.metrics);
+        let text = self.http.get(&url).send().await.ok()?.text().await.ok()?;
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains("connector=\"http\""))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        Some((
+            value("switchyard_action_duration_seconds_sum{")?,
+            value("switchyard_action_duration_seconds_count{")?,
+        ))
     }
 
     /// Sends SIGTERM (through `kill`: this crate has no libc binding) and waits for the exit;

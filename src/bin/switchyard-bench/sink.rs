@@ -146,6 +146,16 @@ impl Sink {
             .collect()
     }
 
+    /// The latency (µs) of event `seq`, if it arrived.
+    pub fn latency_us(&self, seq: u64) -> Option<u64> {
+        let stored = self
+            .arrivals
+            .latency
+            .get(seq as usize)?
+            .load(Ordering::Relaxed);
+        stored.checked_sub(1)
+    }
+
     /// Events that arrived more than once, and requests the sink could not read.
     pub fn duplicates(&self) -> (u64, u64) {
         (
