@@ -180,6 +180,9 @@ impl App {
         };
         let (catalog, problems) =
             Catalog::load(&self.config.workflows.paths, secrets, &self.engine);
+        for problem in problems.iter().filter(|p| p.severity != Severity::Error) {
+            warn!(problem = %problem, "workflow lint");
+        }
         match catalog {
             Some(catalog) => {
                 let count = catalog.workflows.len();

@@ -101,6 +101,9 @@ fn main() -> ExitCode {
 
 async fn run(config: switchyard::Config, role: Role) -> ExitCode {
     telemetry::init_logging(&config.log);
+    // Installed before anything starts: until a handler exists, SIGHUP's default action would
+    // kill the process, and `/readyz` can answer before a task spawned later has run.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let shutdown = CancellationToken::new();
     let service = match Service::start(config, role, shutdown.clone()).await {
         Ok(service) => service,
@@ -111,8 +114,7 @@ async fn run(config: switchyard::Config, role: Role) -> ExitCode {
     };
     let app = service.app.clone();
     tokio::spawn(async move {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
+        let mut hangup = match hangup {
             Ok(signal) => signal,
             Err(e) => {
                 warn!(error = %e, "SIGHUP reload unavailable");

@@ -1,5 +1,6 @@
 //! Logging set-up and the metrics of SPEC §7, defined once with fixed names and bounded labels.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,7 +25,10 @@ pub fn init_logging(config: &LogConfig) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours only on a terminal: a log file or journald would keep the escape codes.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
 }
 
