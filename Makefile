@@ -16,12 +16,14 @@ EVENT        ?= examples/events/data-captured.json
 TEST_ARGS    ?=
 BENCH_ARGS   ?=
 PUBLISH_ARGS ?=
+# `make fuzz`: seconds per fuzz target.
+FUZZ_SECONDS ?= 600
 
 # The local broker that the example configuration and the tests use.
 RABBITMQ_HOST ?= 127.0.0.1
 RABBITMQ_PORT ?= 5672
 
-.PHONY: help rabbitmq run sink publish test bench lint fmt validate topology
+.PHONY: help rabbitmq run sink publish test bench lint fmt validate topology fuzz
 
 help: ## List the targets
 	@echo "switchyard — make targets:"
@@ -101,3 +103,16 @@ validate: ## Check config/switchyard.yaml and every workflow
 
 topology: rabbitmq ## Declare the exchanges and queues on the local broker and print them
 	$(CARGO) run --release -- topology --config $(CONFIG)
+
+# cargo-fuzz needs nightly-only flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Each target
+# starts from its committed seeds (fuzz/corpus/<target>, read only) and grows a working corpus under
+# fuzz/target/corpus; a crash is saved under fuzz/artifacts/<target>/ and stops the run.
+FUZZ_TARGETS := envelope json_template
+fuzz: ## Fuzz the envelope parser and the JSON-body template renderer, FUZZ_SECONDS (600) each
+	@command -v cargo-fuzz >/dev/null || { echo "fuzz: install cargo-fuzz first: cargo install cargo-fuzz" >&2; exit 1; }
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/corpus/$$target; \
+		echo "+ cargo fuzz run $$target (for $(FUZZ_SECONDS)s)"; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target target/corpus/$$target corpus/$$target \
+			-- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
+	done

@@ -97,6 +97,70 @@ pub struct Context<'a> {
     pub secrets: SecretsView<'a>,
 }
 
+/// Refuses an integer literal inside a tag that does not fit an `i64`: the `liquid` parser
+/// panics on one ("Grammar ensures matches are parseable as integers", found by the
+/// `json_template` fuzz target). Quoted strings are skipped; a fraction (`1.5`) is a float.
+fn check_integer_literals(src: &str) -> Result<(), TemplateError> {
+    let b = src.as_bytes();
+    let mut in_tag = false;
+    let mut i = 0;
+    while i < b.len() {
+        let pair = (b[i], b.get(i + 1).copied());
+        match pair {
+            (b'{', Some(b'{' | b'%')) => {
+                in_tag = true;
+                i += 2;
+                continue;
+            }
+            (b'}' | b'%', Some(b'}')) => {
+                in_tag = false;
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        if !in_tag {
+            i += 1;
+            continue;
+        }
+        if b[i] == b'"' || b[i] == b'\'' {
+            let quote = b[i];
+            i += 1;
+            while i < b.len() && b[i] != quote {
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            // The fraction of a float (`1.5`, but not the end of a range `1..5`).
+            let fraction = start >= 2 && b[start - 1] == b'.' && b[start - 2].is_ascii_digit();
+            // The integer part of a float.
+            let integer_part =
+                b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+            let negative = start >= 1 && b[start - 1] == b'-';
+            let digits = &src[start..i];
+            let text = if negative {
+                format!("-{digits}")
+            } else {
+                digits.to_owned()
+            };
+            if !fraction && !integer_part && text.parse::<i64>().is_err() {
+                return Err(TemplateError::Parse(format!(
+                    "the number {text} is too large for an integer"
+                )));
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Builds templates; holds the Liquid parser with switchyard's filters. Build once.
 #[derive(Clone)]
 pub struct Engine {
@@ -214,6 +278,7 @@ impl Engine {
         if !has_markup(src) {
             return Ok(TextTemplate::literal_of(src));
         }
+        check_integer_literals(src)?;
         let template = self
             .parser
             .parse(src)
@@ -1694,7 +1759,9 @@ mod scan {
                     None => return s[i..].find(close).map(|p| p + i),
                 }
             }
-            if s[i..].starts_with(close) {
+            // Bytes, not `s[i..]`: `i` may be inside a multi-byte character. `close` is ASCII, so
+            // a match is always at a character boundary.
+            if b[i..].starts_with(close.as_bytes()) {
                 return Some(i);
             }
             i += 1;
@@ -2681,5 +2748,67 @@ mod tests {
         assert_send_sync::<Condition>();
         assert_send_sync::<BodyTemplate>();
         assert_send_sync::<MappedValue>();
+    }
+
+    /// Regression (found by the `json_template` fuzz target): the `liquid` parser panics on an
+    /// integer literal larger than an `i64`; it is now a parse error.
+    #[test]
+    fn an_integer_literal_too_large_is_a_parse_error_not_a_panic() {
+        let engine = Engine::new();
+        for src in [
+            "{{ 99999999999999999999 }}",
+            "{{ contact.score | plus: 99999999999999999999 }}",
+            "{% for i in (1..99999999999999999999) %}{{ i }}{% endfor %}",
+            "{{ -99999999999999999999 }}",
+            r#"{"b": "{{ 2222222222222222222222222222222222222222 -}}"}"#,
+        ] {
+            match engine.text(src) {
+                Err(TemplateError::Parse(message)) => {
+                    assert!(message.contains("too large"), "{src}: {message}")
+                }
+                other => panic!("{src}: {other:?}"),
+            }
+            let _ = engine.body(src);
+        }
+        // What still compiles: the largest integers, big floats, digits in strings and text.
+        for src in [
+            "{{ 9223372036854775807 }}",
+            "{{ -9223372036854775808 }}",
+            "{{ 99999999999999999999.5 }}",
+            "{{ 1.99999999999999999999 }}",
+            "{{ \"99999999999999999999\" }}",
+            "99999999999999999999 {{ contact.id }}",
+        ] {
+            assert!(engine.text(src).is_ok(), "{src}");
+        }
+    }
+
+    /// Regression (found by the `json_template` fuzz target): scanning a tag for its closing
+    /// `}}` walked byte by byte and sliced the source at every byte, so a multi-byte character
+    /// inside a tag panicked ("byte index is not a char boundary").
+    #[test]
+    fn multibyte_characters_inside_a_tag_do_not_panic() {
+        let engine = Engine::new();
+        for src in [
+            "{{ contactۂ }}",
+            "{{ a | append: ۂ }}",
+            "{% if ۂ %}x{% endif %}",
+            r#"{"k{{ site.id }}": {{ steps.find ۂ }}, "e": "{{ é }}"}"#,
+        ] {
+            // Compiling may fail (not Liquid); it must not panic.
+            let _ = engine.text(src);
+            let _ = engine.body(src);
+        }
+        // The fuzzer's input, as found.
+        let found = b"{\"k{{ siteid.id }}\": {{ steps.finXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXYXXXXXXXXXXXXXXXXXXXXXXXXXXXXX iXXXXXXXXXXX\x18\x00XXXXXXXet\x0e\x00\x00\x00\x00\x00\x00\x00s.API_KEY\xdb\x82}\"}";
+        let _ = engine.body(std::str::from_utf8(found).expect("UTF-8"));
+        // And a tag holding one still reads its variables.
+        let t = engine
+            .text("{{ contact.first_name | append: \"é\" }}")
+            .expect("compiles");
+        assert_eq!(
+            t.variables(),
+            [vec!["contact".to_owned(), "first_name".to_owned()]]
+        );
     }
 }

@@ -85,6 +85,16 @@ impl HttpClient {
     /// `outcome.rs`), keeping the guard, the breaker, the timeouts and the response cap.
     pub async fn send_with(&self, request: Request, classify: outcome::Classifier) -> Outcome {
         let host = request.url.host_str().unwrap_or("?").to_owned();
+        // Every connector, not only `http`: a webhook URL rendered to `file://…` is refused here.
+        if !matches!(request.url.scheme(), "http" | "https") {
+            return Outcome::fail(
+                ErrorClass::Blocked,
+                format!(
+                    "scheme {} is not allowed; only http and https",
+                    request.url.scheme()
+                ),
+            );
+        }
         if let Err(blocked) = self.guard.check_url(&request.url) {
             return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
         }
@@ -181,4 +191,34 @@ fn transport_failure(error: &reqwest::Error, host: &str, timeout: Duration) -> O
         }
     };
     Outcome::retry(format!("{what} {host}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a webhook URL rendered to `file://…` used to reach reqwest, fail as a transport
+    /// error and be retried until exhausted; every connector now refuses it as `blocked`.
+    #[tokio::test]
+    async fn a_scheme_other_than_http_or_https_is_blocked_without_a_call() {
+        let config = crate::Config::from_yaml("{}").expect("the defaults are valid");
+        let client = HttpClient::new(&config.http, Metrics::new(&["webhook"])).expect("a client");
+        let outcome = client
+            .send(Request {
+                method: reqwest::Method::POST,
+                url: url::Url::parse("file:///etc/passwd").expect("a URL"),
+                headers: reqwest::header::HeaderMap::new(),
+                body: None,
+                timeout: None,
+                connector: "webhook",
+            })
+            .await;
+        match outcome {
+            Outcome::Fail(failure) => {
+                assert_eq!(failure.class, ErrorClass::Blocked);
+                assert!(failure.reason.contains("file"), "{}", failure.reason);
+            }
+            other => panic!("expected a permanent blocked failure, got {other:?}"),
+        }
+    }
 }

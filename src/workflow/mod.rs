@@ -656,6 +656,16 @@ fn compile_workflow(
     })
 }
 
+/// The kind of address a literal URL names when the private-network guard blocks it by default.
+fn blocked_by_default(url: &url::Url) -> Option<&'static str> {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => crate::net::forbidden(ip.into()),
+        Some(url::Host::Ipv6(ip)) => crate::net::forbidden(ip.into()),
+        Some(url::Host::Domain(name)) if name.eq_ignore_ascii_case("localhost") => Some("loopback"),
+        _ => None,
+    }
+}
+
 /// What an action's compiler needs to know to check and report.
 pub struct ActionScope<'a> {
     /// The file.
@@ -687,15 +697,7 @@ impl ActionScope<'_> {
 
     /// Warns when a literal URL points at an address the private-network guard blocks by default.
     pub fn warn_if_blocked(&self, url: &url::Url, problems: &mut Vec<Problem>) {
-        let kind = match url.host() {
-            Some(url::Host::Ipv4(ip)) => crate::net::forbidden(ip.into()),
-            Some(url::Host::Ipv6(ip)) => crate::net::forbidden(ip.into()),
-            Some(url::Host::Domain(name)) if name.eq_ignore_ascii_case("localhost") => {
-                Some("loopback")
-            }
-            _ => None,
-        };
-        if let Some(kind) = kind {
+        if let Some(kind) = blocked_by_default(url) {
             problems.push(Problem::new(
                 Severity::Warning,
                 self.file,
@@ -779,6 +781,42 @@ fn compile_webhook(
         .text(&def.url)
         .map_err(|e| problems.push(Problem::error(file, wh, None, format!("url: {e}"))))
         .ok();
+    // A literal URL is checked like an http action's: http or https only, and a warning when the
+    // guard blocks it by default.
+    if let Some(literal) = url.as_ref().and_then(TextTemplate::literal) {
+        match url::Url::parse(literal.trim()) {
+            Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                problems.push(Problem::error(
+                    file,
+                    wh,
+                    None,
+                    format!(
+                        "url: scheme {} is not allowed; use http or https",
+                        parsed.scheme()
+                    ),
+                ));
+            }
+            Ok(parsed) => {
+                if let Some(kind) = blocked_by_default(&parsed) {
+                    problems.push(Problem::new(
+                        Severity::Warning,
+                        file,
+                        wh,
+                        None,
+                        format!(
+                            "{parsed} is a {kind} address: calls to it are blocked unless http.allow_networks covers it"
+                        ),
+                    ));
+                }
+            }
+            Err(e) => problems.push(Problem::error(
+                file,
+                wh,
+                None,
+                format!("url: {literal:?} is not a URL: {e}"),
+            )),
+        }
+    }
     let secrets: Vec<TextTemplate> = def
         .secret
         .as_ref()
@@ -805,7 +843,11 @@ fn compile_webhook(
             false
         }
     };
-    if problems.len() > before {
+    if problems
+        .iter()
+        .skip(before)
+        .any(|p| p.severity == Severity::Error)
+    {
         return None;
     }
     Some(Webhook {
