@@ -2,20 +2,25 @@
 //! against the broker's own ceiling for the same traffic, measured in the same run (issue 2).
 //!
 //! 1. **Broker ceiling.** 2N persistent ~1 KiB messages through a throwaway quorum queue, published
-//!    with pipelined confirms while one consumer acks them: the most the broker can carry here.
+//!    with pipelined confirms while one consumer acks them (`multiple`, every 100 by default):
+//!    the most the broker can carry here.
 //! 2. **The service.** A counting HTTP sink starts in this process; the release `switchyard`
 //!    binary runs as a child process with a temporary config (its own `amqp.prefix`) and one
 //!    workflow that POSTs each `Gameplay.DataCaptured` to the sink. Each action costs the broker
 //!    two messages (the event and the action message), so the service's best possible rate is
 //!    half the ceiling.
 //! 3. **Throughput.** N events published as fast as confirms allow; the clock stops at the Nth
-//!    arrival at the sink. The child's CPU time comes from /proc.
+//!    arrival at the sink. CPU time of the service, the broker and the bench comes from /proc.
 //! 4. **Latency.** M events at half the measured rate; publish → arrival percentiles, from the
-//!    `data.sent_at_us` the event carries and the workflow body echoes.
+//!    `data.sent_at_us` the event carries and the workflow body echoes. A tap queue on the
+//!    actions exchange splits each latency at the action message (router side, worker side),
+//!    and a bare relay (the same two hops, confirms and acks, no work) gives the broker's floor.
 //! 5. **Clean-up.** SIGTERM to the child, then every queue and exchange of the run's prefix is
 //!    deleted (unless `--keep`).
 //!
-//! A benchmark, not a test: nothing here asserts; the targets are printed as PASS or MISS.
+//! A benchmark, not a test: nothing here asserts; the targets are printed as PASS or MISS. The
+//! broker, the service and the bench share the machine: the report says how much CPU each used
+//! and how much went to other processes (noise).
 
 // A binary's crate root looks for modules beside itself (src/bin/), so point at its folder.
 #[path = "switchyard-bench/amqp.rs"]
@@ -31,9 +36,11 @@ mod service;
 #[path = "switchyard-bench/sink.rs"]
 mod sink;
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use switchyard::broker::Topology;
 
@@ -46,19 +53,16 @@ use crate::sink::{Sink, Wait};
 
 /// Measures switchyard against the broker's own ceiling (see `make bench`).
 #[derive(Debug, Parser)]
-#[command(about, long_about = None)]
+#[command(long_about = None)]
 struct Args {
     /// Events of the throughput phase (N); the broker ceiling carries 2N messages.
     #[arg(long, alias = "n", default_value_t = 50_000)]
     events: u64,
-    /// Events of the latency phase (M), sent at half the measured rate.
+    /// Events of the latency phase (M).
     #[arg(long, default_value_t = 10_000)]
     latency_events: u64,
-    /// Tokio worker threads of the service (TOKIO_WORKER_THREADS for the child only; default:
-    /// one per CPU).
-    #[arg(long)]
-    service_threads: Option<usize>,
-    /// Rate of the latency phase, events/s (default: half the measured throughput).
+    /// Rate of the latency phase, events/s (default: half the measured throughput, which is
+    /// what the p99 target is about).
     #[arg(long)]
     latency_rate: Option<f64>,
     /// The broker.
@@ -73,6 +77,10 @@ struct Args {
     /// router.prefetch alone, overriding --prefetch for the router.
     #[arg(long)]
     router_prefetch: Option<u16>,
+    /// Tokio worker threads of the service (TOKIO_WORKER_THREADS, for the child only; default:
+    /// one per CPU).
+    #[arg(long)]
+    service_threads: Option<usize>,
     /// Publisher confirms outstanding at once, in every phase.
     #[arg(long, default_value_t = 4096)]
     window: usize,
@@ -86,12 +94,20 @@ struct Args {
     /// Give up on a phase when no action has arrived for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
+    /// No tap queue during the latency phase (the tap costs the broker one more, transient,
+    /// queue per action message; without it the router/worker split is not reported).
+    #[arg(long)]
+    no_split: bool,
     /// Measure the broker ceiling only (no service).
     #[arg(long)]
     ceiling_only: bool,
     /// Keep the queues, exchanges and the temporary directory (config, service log).
     #[arg(long)]
     keep: bool,
+    /// Write each latency-phase event's publish → arrival latency to this file (CSV: seq,
+    /// sent_offset_ms, latency_ms), to see when in the phase the slow ones happened.
+    #[arg(long)]
+    dump_latencies: Option<PathBuf>,
     /// Also print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -136,7 +152,7 @@ struct Run {
     dir: PathBuf,
     /// The service, once started.
     child: Option<Child>,
-    /// Queues created outside the service's topology (the ceiling's).
+    /// Queues created outside the service's topology (ceiling, floor).
     extra_queues: Vec<String>,
 }
 
@@ -234,122 +250,53 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         setup.binary.display(),
         setup.log.display()
     );
+    // The floor's queues, named now: the phases below borrow the run's child.
+    let floor_queues = [
+        format!("{}.floor-1", run.prefix),
+        format!("{}.floor-2", run.prefix),
+    ];
+    run.extra_queues.extend(floor_queues.iter().cloned());
     let child = run.child.insert(Child::spawn(&setup, &overrides)?);
     child.wait_ready(Duration::from_secs(60)).await?;
-    let service_pid = child.pid();
-
-    let connection = amqp::connect(&args.amqp_url, "switchyard-bench publisher").await?;
-    let topology = Topology::new(&setup.config);
-    let publish = |range: std::ops::Range<u64>, pace: Pace| {
-        amqp::publish(
-            &connection,
-            &topology.events,
-            "Gameplay.DataCaptured",
-            range,
-            &events,
-            args.window,
-            pace,
-        )
-    };
-    let wait = |range: std::ops::Range<u64>| {
-        sink.wait(range, args.stall_timeout, || child_alive(service_pid))
+    let bench = Phases {
+        args,
+        clock,
+        events: &events,
+        sink: &sink,
+        child,
+        broker_pid,
+        connection: amqp::connect(&args.amqp_url, "switchyard-bench publisher").await?,
+        topology: Topology::new(&setup.config),
     };
 
     // Warm-up: connections, pools and allocator arenas, outside the measurement.
     eprintln!("bench: warm-up, {warmup} events…");
-    publish(0..warmup, Pace::Flat).await?;
-    expect_all(wait(0..warmup).await, "warm-up")?;
+    bench.publish(0..warmup, Pace::Flat).await?;
+    bench.wait(0..warmup, "warm-up").await?;
 
     // 3. Throughput.
     let range = warmup..warmup + args.events;
-    eprintln!(
-        "bench: throughput, {} events as fast as confirms allow…",
-        args.events
-    );
-    let cpu_before = CpuSample::take(service_pid, broker_pid);
-    let calls_before = child.call_durations().await;
-    let published = publish(range.clone(), Pace::Flat).await?;
-    let arrived = expect_all(wait(range.clone()).await, "throughput")?;
-    let cpu_after = CpuSample::take(service_pid, broker_pid);
-    let calls_after = child.call_durations().await;
-    let secs = arrived
-        .last_arrival_us
-        .saturating_sub(published.first_sent_us) as f64
-        / 1e6;
-    let n = args.events as f64;
-    let throughput = Throughput {
-        events: args.events,
-        secs,
-        events_per_s: n / secs,
-        actions_per_s: n / secs,
-        publish_per_s: n / published.elapsed.as_secs_f64(),
-        cpu: cpu_before.until(&cpu_after, &clock, args.events, secs),
-        mean_call_ms: mean_ms(calls_before, calls_after),
-    };
+    let throughput = bench.throughput(range.clone()).await?;
     let rate = args
         .latency_rate
         .filter(|r| *r > 0.0)
         .unwrap_or(throughput.events_per_s / 2.0);
     report.throughput = Some(throughput);
 
-    // 4. Latency at half the measured rate.
+    // 4. Latency at half the measured rate, split at the action message, and the broker's floor.
     if args.latency_events > 0 {
         let range = range.end..range.end + args.latency_events;
-        eprintln!(
-            "bench: latency, {} events at {rate:.0}/s…",
-            args.latency_events
-        );
-        let cpu_before = CpuSample::take(service_pid, broker_pid);
-        let calls_before = child.call_durations().await;
-        let tap = amqp::Tap::start(&args.amqp_url, &topology.actions, "http").await?;
-        let published = publish(range.clone(), Pace::PerSecond(rate)).await?;
-        let arrived = expect_all(wait(range.clone()).await, "latency")?;
-        let cpu_after = CpuSample::take(service_pid, broker_pid);
-        let calls_after = child.call_durations().await;
-        let tapped = tap.finish().await;
-        let secs = arrived
-            .last_arrival_us
-            .saturating_sub(published.first_sent_us) as f64
-            / 1e6;
-        let mut latencies = sink.latencies_us(range.clone());
-        latencies.sort_unstable();
-        let mut latency = Latency::from_sorted(rate, &latencies);
-        latency.mean_call_ms = mean_ms(calls_before, calls_after);
-        latency.cpu = Some(cpu_before.until(&cpu_after, &clock, args.latency_events, secs));
+        let (latency, split) = bench.latency(range, rate).await?;
         report.latency = Some(latency);
-        report.split = Some(split(&sink, range, tapped, rate));
-
-        // The floor under that figure: the same two broker hops, confirms and acks as the
-        // service, at the same rate, with nothing done in between.
-        let (first, second) = (
-            format!("{}.floor-1", run.prefix),
-            format!("{}.floor-2", run.prefix),
-        );
-        run.extra_queues.extend([first.clone(), second.clone()]);
-        eprintln!("bench: broker floor, a bare relay at {rate:.0}/s…");
-        let cpu_before = CpuSample::take(service_pid, broker_pid);
-        let floor = amqp::relay_latency(
-            &args.amqp_url,
-            &first,
-            &second,
-            &events,
-            args.latency_events,
-            rate,
-            args.window,
-            args.prefetch.unwrap_or(256),
-        )
-        .await?;
-        let cpu_after = CpuSample::take(service_pid, broker_pid);
-        let mut floor = Latency::from_sorted(rate, &floor);
-        let secs = args.latency_events as f64 / rate;
-        floor.cpu = Some(cpu_before.until(&cpu_after, &clock, args.latency_events, secs));
-        report.broker_floor = Some(floor);
+        report.split = split;
+        report.broker_floor = Some(bench.floor(&floor_queues, rate).await?);
     }
-    let _ = connection.close(200, "done".into()).await;
+    let _ = bench.connection.close(200, "done".into()).await;
 
-    report.rss_peak_kib = procfs::peak_rss_kib(service_pid);
+    report.rss_peak_kib = procfs::peak_rss_kib(child.pid());
     report.duplicates = sink.duplicates();
     report.attempts = child.attempts().await;
+    let topology = &bench.topology;
     report.leftovers = amqp::depths(
         &args.amqp_url,
         &[
@@ -360,6 +307,166 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
     )
     .await;
     Ok(report)
+}
+
+/// What the phases against the running service share.
+struct Phases<'a> {
+    /// The command line.
+    args: &'a Args,
+    /// Reads CPU times.
+    clock: CpuClock,
+    /// Builds the events.
+    events: &'a EventFactory,
+    /// Counts arrivals.
+    sink: &'a Sink,
+    /// The service.
+    child: &'a Child,
+    /// The broker's process, when it runs here.
+    broker_pid: Option<u32>,
+    /// The bench's publishing connection.
+    connection: lapin::Connection,
+    /// The service's exchanges and queues.
+    topology: Topology,
+}
+
+impl Phases<'_> {
+    /// Publishes events `range` to the events exchange.
+    async fn publish(&self, range: Range<u64>, pace: Pace) -> anyhow::Result<amqp::Published> {
+        amqp::publish(
+            &self.connection,
+            &self.topology.events,
+            "Gameplay.DataCaptured",
+            range,
+            self.events,
+            self.args.window,
+            pace,
+        )
+        .await
+    }
+
+    /// Waits until every action of `range` reached the sink, or says how many did.
+    async fn wait(&self, range: Range<u64>, phase: &str) -> anyhow::Result<sink::Arrived> {
+        let pid = self.child.pid();
+        let wait = self
+            .sink
+            .wait(range, self.args.stall_timeout, || child_alive(pid))
+            .await;
+        match wait {
+            Wait::Done(arrived) => Ok(arrived),
+            Wait::Stalled {
+                arrived,
+                expected,
+                stalled_for,
+            } => anyhow::bail!(
+                "{phase}: only {arrived} of {expected} actions reached the sink; none for {}",
+                humantime::format_duration(stalled_for)
+            ),
+            Wait::ServiceExited { arrived, expected } => {
+                anyhow::bail!("{phase}: the service exited after {arrived} of {expected} actions")
+            }
+        }
+    }
+
+    fn cpu(&self) -> CpuSample {
+        CpuSample::take(self.child.pid(), self.broker_pid)
+    }
+
+    /// Events `range` as fast as confirms allow; the clock stops at the last arrival.
+    async fn throughput(&self, range: Range<u64>) -> anyhow::Result<Throughput> {
+        let count = range.end - range.start;
+        eprintln!("bench: throughput, {count} events as fast as confirms allow…");
+        let (cpu_before, calls_before) = (self.cpu(), self.child.call_durations().await);
+        let published = self.publish(range.clone(), Pace::Flat).await?;
+        let arrived = self.wait(range, "throughput").await?;
+        let (cpu_after, calls_after) = (self.cpu(), self.child.call_durations().await);
+        let secs = arrived
+            .last_arrival_us
+            .saturating_sub(published.first_sent_us) as f64
+            / 1e6;
+        Ok(Throughput {
+            events: count,
+            secs,
+            events_per_s: count as f64 / secs,
+            actions_per_s: count as f64 / secs,
+            publish_per_s: count as f64 / published.elapsed.as_secs_f64(),
+            cpu: cpu_before.until(&cpu_after, &self.clock, count, secs),
+            mean_call_ms: mean_ms(calls_before, calls_after),
+        })
+    }
+
+    /// Events `range` at `rate`: publish → arrival, and the same split where a tap queue saw the
+    /// action message (router side, worker side).
+    async fn latency(
+        &self,
+        range: Range<u64>,
+        rate: f64,
+    ) -> anyhow::Result<(Latency, Option<(Latency, Latency)>)> {
+        let count = range.end - range.start;
+        eprintln!("bench: latency, {count} events at {rate:.0}/s…");
+        let tap = if self.args.no_split {
+            None
+        } else {
+            Some(amqp::Tap::start(&self.args.amqp_url, &self.topology.actions, "http").await?)
+        };
+        let (cpu_before, calls_before) = (self.cpu(), self.child.call_durations().await);
+        let published = self.publish(range.clone(), Pace::PerSecond(rate)).await?;
+        let arrived = self.wait(range.clone(), "latency").await?;
+        let (cpu_after, calls_after) = (self.cpu(), self.child.call_durations().await);
+        let tapped = match tap {
+            Some(tap) => Some(tap.finish().await),
+            None => None,
+        };
+        let secs = arrived
+            .last_arrival_us
+            .saturating_sub(published.first_sent_us) as f64
+            / 1e6;
+        if let Some(path) = &self.args.dump_latencies {
+            let rows = range.clone().filter_map(|seq| {
+                let latency = self.sink.latency_us(seq)?;
+                let offset = (seq - range.start) as f64 / rate;
+                Some(format!(
+                    "{seq},{:.3},{:.3}\n",
+                    offset * 1000.0,
+                    latency as f64 / 1000.0
+                ))
+            });
+            let csv: String = std::iter::once("seq,sent_offset_ms,latency_ms\n".to_owned())
+                .chain(rows)
+                .collect();
+            std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let mut latencies = self.sink.latencies_us(range.clone());
+        latencies.sort_unstable();
+        let mut latency = Latency::from_sorted(rate, &latencies);
+        latency.mean_call_ms = mean_ms(calls_before, calls_after);
+        latency.cpu = Some(cpu_before.until(&cpu_after, &self.clock, count, secs));
+        let split = tapped.map(|tapped| split(self.sink, range, tapped, rate));
+        Ok((latency, split))
+    }
+
+    /// The floor under the latency: the same two broker hops, confirms and acks as the
+    /// service, at the same rate, with nothing done in between (the service sits idle).
+    async fn floor(&self, queues: &[String; 2], rate: f64) -> anyhow::Result<Latency> {
+        let count = self.args.latency_events;
+        eprintln!("bench: broker floor, a bare relay at {rate:.0}/s…");
+        let cpu_before = self.cpu();
+        let floor = amqp::relay_latency(
+            &self.args.amqp_url,
+            &queues[0],
+            &queues[1],
+            self.events,
+            count,
+            rate,
+            self.args.window,
+            self.args.prefetch.unwrap_or(256),
+        )
+        .await?;
+        let cpu_after = self.cpu();
+        let mut floor = Latency::from_sorted(rate, &floor);
+        let secs = count as f64 / rate;
+        floor.cpu = Some(cpu_before.until(&cpu_after, &self.clock, count, secs));
+        Ok(floor)
+    }
 }
 
 /// Stops the service and deletes what the run created; says what it did (or could not do).
@@ -403,24 +510,6 @@ async fn finish(args: &Args, run: &mut Run, report: Option<&Report>) -> Vec<Stri
     notes
 }
 
-/// The phase's result, or an error saying how many actions arrived.
-fn expect_all(wait: Wait, phase: &str) -> anyhow::Result<sink::Arrived> {
-    match wait {
-        Wait::Done(arrived) => Ok(arrived),
-        Wait::Stalled {
-            arrived,
-            expected,
-            stalled_for,
-        } => anyhow::bail!(
-            "{phase}: only {arrived} of {expected} actions reached the sink; none for {}",
-            humantime::format_duration(stalled_for)
-        ),
-        Wait::ServiceExited { arrived, expected } => {
-            anyhow::bail!("{phase}: the service exited after {arrived} of {expected} actions")
-        }
-    }
-}
-
 fn child_alive(pid: u32) -> bool {
     procfs::cpu_ticks(pid).is_some() && !procfs::is_zombie(pid)
 }
@@ -433,12 +522,7 @@ fn mean_ms(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<f64>
 
 /// Splits each event's latency where its action message was seen on the tap: publish → action
 /// message (event hop + router), then action message → sink (action hop + worker + call).
-fn split(
-    sink: &Sink,
-    range: std::ops::Range<u64>,
-    tapped: Vec<(u64, u64)>,
-    rate: f64,
-) -> (Latency, Latency) {
+fn split(sink: &Sink, range: Range<u64>, tapped: Vec<(u64, u64)>, rate: f64) -> (Latency, Latency) {
     let (mut router_side, mut worker_side) = (Vec::new(), Vec::new());
     for (seq, to_action) in tapped {
         if let Some(total) = range.contains(&seq).then(|| sink.latency_us(seq)).flatten() {

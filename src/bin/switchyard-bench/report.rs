@@ -263,8 +263,12 @@ impl Report {
                 s.worker_prefetch,
                 s.router_prefetch,
                 s.threads
-                    .map_or_else(|| format!("{} (one per CPU)", self.cpus), |t| t.to_string()),
-                if s.defaults { " (its defaults)" } else { "" }
+                    .map_or_else(|| format!("{}, one per CPU", self.cpus), |t| t.to_string()),
+                if s.defaults {
+                    " (all its defaults)"
+                } else {
+                    ""
+                }
             );
         }
         let _ = writeln!(out);
