@@ -292,13 +292,8 @@ impl BrazeAction {
     ) -> Option<BrazeAction> {
         let before = problems.len();
         let def: ActionSection = connection::parse_section(section, "braze", scope, problems)?;
-        let found = connection::lookup(scope, "braze", &def.connection, problems);
-        let compiled = found.and_then(|c| match BrazeConnection::compile(c, engine) {
-            Ok(compiled) => Some(Arc::new(compiled)),
-            Err(_) => {
-                connection::report_broken(scope, "braze", &def.connection, problems);
-                None
-            }
+        let compiled = connection::compile_for(scope, "braze", &def.connection, problems, |c| {
+            BrazeConnection::compile(c, engine)
         });
         if let Some(c) = &compiled {
             connection::warn_if_blocked(scope, &c.rest_endpoint, problems);

@@ -122,12 +122,27 @@ pub fn lookup<'a>(
     Some(connection)
 }
 
-/// Reports that an action's connection did not compile (its own errors are reported with it).
-pub fn report_broken(scope: &ActionScope<'_>, kind: &str, id: &str, problems: &mut Vec<Problem>) {
-    scope.error(
-        problems,
-        format!("{kind}.connection {id:?} has errors (reported with the connection)"),
-    );
+/// Finds the connection an action names ([`lookup`]) and compiles it with `compile`. A
+/// connection that does not compile is reported here once for the action (its own errors are
+/// reported with the connection).
+pub fn compile_for<C, E>(
+    scope: &ActionScope<'_>,
+    kind: &str,
+    id: &str,
+    problems: &mut Vec<Problem>,
+    compile: impl FnOnce(&Connection) -> Result<C, E>,
+) -> Option<std::sync::Arc<C>> {
+    let connection = lookup(scope, kind, id, problems)?;
+    match compile(connection) {
+        Ok(compiled) => Some(std::sync::Arc::new(compiled)),
+        Err(_) => {
+            scope.error(
+                problems,
+                format!("{kind}.connection {id:?} has errors (reported with the connection)"),
+            );
+            None
+        }
+    }
 }
 
 /// Deserialises an action's section into its typed shape, reporting serde's message.

@@ -268,14 +268,10 @@ impl MailchimpAction {
     ) -> Option<MailchimpAction> {
         let before = problems.len();
         let def: ActionSection = connection::parse_section(section, "mailchimp", scope, problems)?;
-        let found = connection::lookup(scope, "mailchimp", &def.connection, problems);
-        let compiled = found.and_then(|c| match MailchimpConnection::compile(c, engine) {
-            Ok(compiled) => Some(Arc::new(compiled)),
-            Err(_) => {
-                connection::report_broken(scope, "mailchimp", &def.connection, problems);
-                None
-            }
-        });
+        let compiled =
+            connection::compile_for(scope, "mailchimp", &def.connection, problems, |c| {
+                MailchimpConnection::compile(c, engine)
+            });
         if let Some(base) = compiled.as_ref().and_then(|c| c.base_url.as_ref()) {
             connection::warn_if_blocked(scope, base, problems);
         }

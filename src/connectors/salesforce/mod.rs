@@ -305,14 +305,10 @@ impl SalesforceAction {
     ) -> Option<SalesforceAction> {
         let before = problems.len();
         let def: ActionSection = connection::parse_section(section, "salesforce", scope, problems)?;
-        let found = connection::lookup(scope, "salesforce", &def.connection, problems);
-        let compiled = found.and_then(|c| match SalesforceConnection::compile(c, engine) {
-            Ok(compiled) => Some(Arc::new(compiled)),
-            Err(_) => {
-                connection::report_broken(scope, "salesforce", &def.connection, problems);
-                None
-            }
-        });
+        let compiled =
+            connection::compile_for(scope, "salesforce", &def.connection, problems, |c| {
+                SalesforceConnection::compile(c, engine)
+            });
         if let Some(c) = &compiled {
             connection::warn_if_blocked(scope, &c.login_url, problems);
         }
