@@ -384,9 +384,18 @@ workflows:
         .iter()
         .map(|r| r.json()["event"].as_str().unwrap_or("").to_owned())
         .collect();
-    let remaining = broker.queue_len(&format!("{prefix}.action.http")).await
-        + broker.queue_len(&format!("{prefix}.router")).await;
+    // The broker hands the unacked prefetch back to the queue after the connection closes, a
+    // moment after the process exits; wait for it to show rather than read the depth once.
     let delivered_count = delivered.len();
+    let settle_by = Instant::now() + support::DEADLINE;
+    let remaining = loop {
+        let remaining = broker.queue_len(&format!("{prefix}.action.http")).await
+            + broker.queue_len(&format!("{prefix}.router")).await;
+        if delivered_count + remaining as usize >= EVENTS || Instant::now() > settle_by {
+            break remaining;
+        }
+        tokio::time::sleep(support::POLL).await;
+    };
     assert!(
         delivered_count + remaining as usize >= EVENTS,
         "lost events: {delivered_count} delivered + {remaining} still queued < {EVENTS} (exit after {took:?})\n{logs}"
