@@ -73,6 +73,7 @@ publish: ## Publish the example event (examples/events/data-captured.json)
 # Two steps: the suite, then the ignored tests alone and one at a time. The ignored ones restart the
 # shared broker (tests/broker_restart.rs), so they must never overlap another test.
 test: rabbitmq ## Check the alert rules, run all tests (nextest when installed), then the broker-restart test alone
+	bash deploy/prometheus/install.sh
 	bash deploy/prometheus/check.sh
 	@set -e; if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "+ $(CARGO) nextest run --all-targets $(TEST_ARGS)"; \

@@ -4,14 +4,15 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::app::App;
+use crate::broker::acks::Acks;
 use crate::broker::message::{ActionMessageRef, action_id};
 use crate::broker::{AmqpContext, BrokerError, PendingConfirm, Publisher, set_str};
 use crate::event::{Event, Rejection};
@@ -46,6 +47,7 @@ pub async fn run(
         )
         .await
         .context(format!("consuming {}", app.topology.router))?;
+    let acks = Acks::spawn(&tracker, channel, "router", app.config.router.prefetch);
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -63,8 +65,8 @@ pub async fn run(
         };
         let routed = route(&app, &publisher, &delivery).await?;
         let app = app.clone();
-        let channel = channel.clone();
-        tracker.spawn(async move { settle(&app, channel, delivery, routed).await });
+        let acks = acks.clone();
+        tracker.spawn(async move { settle(&app, &acks, delivery, routed).await });
     }
 }
 
@@ -195,7 +197,7 @@ async fn reject(
 }
 
 /// Waits for every confirm, then acks the event; on a refusal, hands the event back.
-async fn settle(app: &App, _channel: Channel, delivery: Delivery, routed: Routed) {
+async fn settle(app: &App, acks: &Acks, delivery: Delivery, routed: Routed) {
     let mut refused = None;
     for (connector, pending) in routed.pending {
         match Publisher::confirmed(pending, connector).await {
@@ -209,20 +211,11 @@ async fn settle(app: &App, _channel: Channel, delivery: Delivery, routed: Routed
             Err(e) => refused = Some(e),
         }
     }
-    let result = match refused {
-        None => delivery.acker.ack(BasicAckOptions::default()).await,
+    match refused {
+        None => acks.ack(delivery),
         Some(e) => {
             error!(event_id = %routed.event_id, error = %e, "an action message was not confirmed; the event goes back to the queue");
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
+            acks.requeue(delivery);
         }
-    };
-    if let Err(e) = result {
-        warn!(event_id = %routed.event_id, error = %e, "could not settle the event; the broker will redeliver it");
     }
 }

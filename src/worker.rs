@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Connection};
 use rand::Rng;
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
+use crate::broker::acks::Acks;
 use crate::broker::message::{
     self, ActionMessage, ActionMessageRef, Attempts, H_ACTION, H_CLASS, H_CONNECTOR, H_DEAD_AT,
     H_FIRST_ATTEMPT, H_LAST_STATUS, H_REASON, H_WORKFLOW, H_WORKSPACE, action_id,
@@ -62,11 +63,8 @@ pub async fn run(
             )
             .await
             .context(format!("consuming {queue}"))?;
-        streams.push(
-            consumer
-                .map(move |d| (connector, channel.clone(), d))
-                .boxed(),
-        );
+        let acks = Acks::spawn(&tracker, channel, connector, app.config.worker.prefetch);
+        streams.push(consumer.map(move |d| (connector, acks.clone(), d)).boxed());
     }
     let mut deliveries = futures::stream::select_all(streams);
     loop {
@@ -81,8 +79,8 @@ pub async fn run(
             _ = stop.cancelled() => return Ok(()),
             next = deliveries.next() => next,
         };
-        let (connector, channel, delivery) = match next {
-            Some((connector, channel, Ok(delivery))) => (connector, channel, delivery),
+        let (connector, acks, delivery) = match next {
+            Some((connector, acks, Ok(delivery))) => (connector, acks, delivery),
             Some((connector, _, Err(e))) => {
                 return Err(BrokerError::Amqp {
                     context: format!("{connector} consumer"),
@@ -95,7 +93,7 @@ pub async fn run(
             app: app.clone(),
             publisher: publisher.clone(),
             connector,
-            _channel: channel,
+            acks,
         };
         tracker.spawn(async move {
             job.process(delivery).await;
@@ -112,8 +110,8 @@ struct Job {
     publisher: Publisher,
     /// The queue it came from.
     connector: &'static str,
-    /// Keeps the channel open until the delivery is settled.
-    _channel: Channel,
+    /// Settles the delivery on its channel.
+    acks: Acks,
 }
 
 /// How a delivery ends.
@@ -126,22 +124,12 @@ enum Settle {
 
 impl Job {
     async fn process(self, delivery: Delivery) {
-        let settle = self.handle(&delivery).await;
-        let result = match settle {
-            Settle::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        match self.handle(&delivery).await {
+            Settle::Ack => self.acks.ack(delivery),
             Settle::Requeue(e) => {
                 warn!(connector = self.connector, error = %e, "could not record the outcome; the action goes back to its queue");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
+                self.acks.requeue(delivery);
             }
-        };
-        if let Err(e) = result {
-            warn!(connector = self.connector, error = %e, "could not settle an action; the broker will redeliver it");
         }
     }
 

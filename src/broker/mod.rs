@@ -1,5 +1,6 @@
 //! Everything that talks AMQP: the topology, connections, the confirmed publisher, message headers.
 
+pub mod acks;
 pub mod message;
 
 use std::time::Duration;

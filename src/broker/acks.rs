@@ -1,0 +1,451 @@
+//! Coalesced acknowledgements: one `basic.ack multiple=true` for a run of settled deliveries.
+//!
+//! Acks cost the broker as much as a publish; acking every delivery alone cut its ceiling by about
+//! 30 %. Deliveries settle out of order (calls finish when they finish), so an [`Acks`] keeps, per
+//! channel, the lowest delivery tag not yet settled. Once the tags below a settled one are all
+//! settled, a single multiple-ack covers the run, sent when [`BATCH`] are waiting or after
+//! [`LINGER`]. Requeues are sent at once and alone.
+//!
+//! One slow delivery must not hold the others' acks (their unacked count would fill the prefetch
+//! and stall the channel): once the gap below the waiting acks has lasted [`PATIENCE`], or a
+//! quarter of the prefetch waits behind it, they are acked one by one.
+//!
+//! Nothing is acked that has not settled, and an ack still waiting when the process dies only
+//! means a redelivery, which at-least-once allows. The task ends, flushing what it holds, when
+//! every handle is dropped; it holds the channel open until then.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+/// Send a multiple-ack once this many deliveries wait in the settled run.
+pub const BATCH: usize = 64;
+/// Send a multiple-ack at most this long after the first delivery of a run settled.
+pub const LINGER: Duration = Duration::from_millis(2);
+/// Ack deliveries one by one once a slower one below them has held them this long.
+pub const PATIENCE: Duration = Duration::from_millis(25);
+
+/// A handle to one channel's ack coalescer; cheap to clone.
+#[derive(Clone)]
+pub struct Acks {
+    tx: mpsc::UnboundedSender<Settled<Acker>>,
+}
+
+/// What became of one delivery.
+struct Settled<A> {
+    tag: u64,
+    acker: A,
+    requeue: bool,
+}
+
+/// What the coalescer needs of a delivery's acker (lapin's [`Acker`]; a recording fake in tests).
+trait Settle: Send + 'static {
+    /// basic.ack for this delivery's tag; with `multiple`, for every earlier one too.
+    fn ack(self, multiple: bool) -> impl Future<Output = Result<bool, lapin::Error>> + Send;
+    /// basic.nack with requeue, for this delivery alone.
+    fn requeue(self) -> impl Future<Output = Result<bool, lapin::Error>> + Send;
+}
+
+impl Settle for Acker {
+    async fn ack(self, multiple: bool) -> Result<bool, lapin::Error> {
+        Acker::ack(&self, BasicAckOptions { multiple }).await
+    }
+
+    async fn requeue(self) -> Result<bool, lapin::Error> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        Acker::nack(&self, options).await
+    }
+}
+
+impl Acks {
+    /// Starts the coalescer for `channel` on `tracker` (so a graceful shutdown waits for its last
+    /// flush). `what` names the consumer in logs; `prefetch` is the channel's `basic.qos`.
+    pub fn spawn(
+        tracker: &TaskTracker,
+        channel: Channel,
+        what: &'static str,
+        prefetch: u16,
+    ) -> Acks {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let run = Run::new(what, usize::from(prefetch).div_ceil(4).max(1));
+        tracker.spawn(run.serve(rx, channel));
+        Acks { tx }
+    }
+
+    /// The delivery is done with: ack it (soon, possibly with others).
+    pub fn ack(&self, delivery: Delivery) {
+        self.settle(delivery, false);
+    }
+
+    /// Hands the delivery back to its queue, now.
+    pub fn requeue(&self, delivery: Delivery) {
+        self.settle(delivery, true);
+    }
+
+    fn settle(&self, delivery: Delivery, requeue: bool) {
+        let settled = Settled {
+            tag: delivery.delivery_tag,
+            acker: delivery.acker,
+            requeue,
+        };
+        // The task outlives every handle, so this only fails if it panicked; the delivery then
+        // stays unacked and the broker redelivers it when the channel closes.
+        if self.tx.send(settled).is_err() {
+            warn!(
+                tag = delivery.delivery_tag,
+                "the ack coalescer is gone; the broker will redeliver"
+            );
+        }
+    }
+}
+
+/// The coalescer's state for one channel.
+struct Run<A> {
+    /// The consumer, for logs.
+    what: &'static str,
+    /// Ack one by one once this many wait behind a gap.
+    crowd: usize,
+    /// The lowest tag not yet settled (tags start at 1 on a new channel).
+    low: u64,
+    /// Settled tags above `low`: `Some` still to ack, `None` already acked or requeued.
+    above: BTreeMap<u64, Option<A>>,
+    /// How many acks in `above` are still owed.
+    owed_above: usize,
+    /// When `low` last moved (the gap's age).
+    low_since: Instant,
+    /// The highest acker of the contiguous settled run, not yet sent, and the run's length.
+    run: Option<(A, usize)>,
+    /// When the current run began.
+    run_since: Instant,
+}
+
+impl<A: Settle> Run<A> {
+    fn new(what: &'static str, crowd: usize) -> Run<A> {
+        Run {
+            what,
+            crowd,
+            low: 1,
+            above: BTreeMap::new(),
+            owed_above: 0,
+            low_since: Instant::now(),
+            run: None,
+            run_since: Instant::now(),
+        }
+    }
+
+    /// Serves until every sender is dropped; `_keep` (the channel) lives as long.
+    async fn serve<K: Send>(mut self, mut rx: mpsc::UnboundedReceiver<Settled<A>>, _keep: K) {
+        loop {
+            let deadline = self.deadline();
+            let next = match deadline {
+                Some(at) => tokio::select! {
+                    next = rx.recv() => next,
+                    () = tokio::time::sleep_until(at) => {
+                        self.on_time().await;
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(settled) = next else { break };
+            self.on_settled(settled).await;
+            // Drain what is already queued before deciding to send anything.
+            while let Ok(settled) = rx.try_recv() {
+                self.on_settled(settled).await;
+            }
+            if self.run.as_ref().is_some_and(|(_, n)| *n >= BATCH) {
+                self.flush_run().await;
+            }
+            if self.owed_above >= self.crowd {
+                self.flush_above().await;
+            }
+        }
+        self.flush_run().await;
+        self.flush_above().await;
+    }
+
+    /// When the next timed flush is due, if anything waits.
+    fn deadline(&self) -> Option<Instant> {
+        let run = self.run.as_ref().map(|_| self.run_since + LINGER);
+        let gap = (self.owed_above > 0).then_some(self.low_since + PATIENCE);
+        match (run, gap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn on_time(&mut self) {
+        let now = Instant::now();
+        if self.run.is_some() && now >= self.run_since + LINGER {
+            self.flush_run().await;
+        }
+        if self.owed_above > 0 && now >= self.low_since + PATIENCE {
+            self.flush_above().await;
+        }
+    }
+
+    async fn on_settled(&mut self, settled: Settled<A>) {
+        let Settled {
+            tag,
+            acker,
+            requeue,
+        } = settled;
+        if requeue {
+            // Sent before any multiple-ack that could cover it.
+            report(self.what, "requeue", acker.requeue().await);
+            if tag == self.low {
+                self.advance(None);
+            } else if tag > self.low {
+                self.above.insert(tag, None);
+            }
+            return;
+        }
+        if tag < self.low || self.above.contains_key(&tag) {
+            // Not a tag this channel handed out in order (cannot happen); ack it alone.
+            report(self.what, "ack", acker.ack(false).await);
+            return;
+        }
+        if tag > self.low {
+            self.above.insert(tag, Some(acker));
+            self.owed_above += 1;
+            return;
+        }
+        self.advance(Some(acker));
+    }
+
+    /// `low` settled: the run grows, and swallows what settled above it.
+    fn advance(&mut self, acker: Option<A>) {
+        self.extend_run(acker);
+        self.low += 1;
+        while let Some(entry) = self.above.remove(&self.low) {
+            if entry.is_some() {
+                self.owed_above -= 1;
+            }
+            self.extend_run(entry);
+            self.low += 1;
+        }
+        self.low_since = Instant::now();
+    }
+
+    fn extend_run(&mut self, acker: Option<A>) {
+        let Some(acker) = acker else { return };
+        match &mut self.run {
+            Some((highest, n)) => {
+                *highest = acker;
+                *n += 1;
+            }
+            None => {
+                self.run = Some((acker, 1));
+                self.run_since = Instant::now();
+            }
+        }
+    }
+
+    /// Acks the contiguous run with one multiple-ack.
+    async fn flush_run(&mut self) {
+        if let Some((highest, _)) = self.run.take() {
+            report(self.what, "ack", highest.ack(true).await);
+        }
+    }
+
+    /// Acks, one by one, what waits behind a gap (the run below it first, so order holds).
+    async fn flush_above(&mut self) {
+        self.flush_run().await;
+        for entry in self.above.values_mut() {
+            if let Some(acker) = entry.take() {
+                report(self.what, "ack", acker.ack(false).await);
+            }
+        }
+        self.owed_above = 0;
+    }
+}
+
+/// Logs an ack or requeue the channel could not carry.
+fn report(what: &'static str, verb: &'static str, result: Result<bool, lapin::Error>) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => {
+            warn!(
+                consumer = what,
+                verb,
+                "the channel closed before a delivery was settled; the broker will redeliver it"
+            );
+        }
+        Err(e) => {
+            warn!(
+                consumer = what,
+                verb,
+                error = %e,
+                "could not settle a delivery; the broker will redeliver it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// What the fake broker saw, in order.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Frame {
+        Ack { tag: u64, multiple: bool },
+        Requeue { tag: u64 },
+    }
+
+    #[derive(Clone)]
+    struct FakeAcker {
+        tag: u64,
+        frames: Arc<Mutex<Vec<Frame>>>,
+    }
+
+    impl Settle for FakeAcker {
+        async fn ack(self, multiple: bool) -> Result<bool, lapin::Error> {
+            let frame = Frame::Ack {
+                tag: self.tag,
+                multiple,
+            };
+            self.frames.lock().map(|mut f| f.push(frame)).ok();
+            Ok(true)
+        }
+
+        async fn requeue(self) -> Result<bool, lapin::Error> {
+            let frame = Frame::Requeue { tag: self.tag };
+            self.frames.lock().map(|mut f| f.push(frame)).ok();
+            Ok(true)
+        }
+    }
+
+    /// Drives a coalescer with `order` (tag, requeue) and replays its frames against a model of the
+    /// broker: every frame may only cover settled tags, and every tag ends settled exactly once.
+    async fn check(order: &[(u64, bool)], gap_every: Option<usize>) -> Vec<Frame> {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(Run::new("test", 16).serve(rx, ()));
+        // What the coalescer has been told, as the broker model will check it.
+        let told = Arc::new(Mutex::new(Vec::new()));
+        for (i, &(tag, requeue)) in order.iter().enumerate() {
+            told.lock().map(|mut t| t.push((tag, requeue))).ok();
+            let acker = FakeAcker {
+                tag,
+                frames: frames.clone(),
+            };
+            tx.send(Settled {
+                tag,
+                acker,
+                requeue,
+            })
+            .ok();
+            if gap_every.is_some_and(|n| i % n == 0) {
+                tokio::time::sleep(PATIENCE * 2).await;
+            }
+        }
+        drop(tx);
+        task.await.ok();
+        let frames = frames.lock().map(|f| f.clone()).unwrap_or_default();
+
+        let outcome: BTreeMap<u64, bool> = order.iter().copied().collect();
+        let mut outstanding: BTreeSet<u64> = outcome.keys().copied().collect();
+        for frame in &frames {
+            let covered: Vec<u64> = match *frame {
+                Frame::Ack {
+                    tag,
+                    multiple: true,
+                } => outstanding.range(..=tag).copied().collect(),
+                Frame::Ack { tag, .. } | Frame::Requeue { tag } => {
+                    assert!(outstanding.contains(&tag), "{frame:?} names a settled tag");
+                    vec![tag]
+                }
+            };
+            assert!(!covered.is_empty(), "{frame:?} covers nothing");
+            for tag in covered {
+                let requeue = matches!(frame, Frame::Requeue { .. });
+                assert_eq!(
+                    outcome[&tag], requeue,
+                    "{frame:?} settled {tag} the wrong way"
+                );
+                outstanding.remove(&tag);
+            }
+        }
+        assert!(outstanding.is_empty(), "never settled: {outstanding:?}");
+        frames
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_order_acks_become_few_multiple_acks() {
+        let order: Vec<(u64, bool)> = (1..=1000).map(|t| (t, false)).collect();
+        let frames = check(&order, None).await;
+        assert!(frames.len() <= 1000 / BATCH + 1, "{} frames", frames.len());
+        assert!(
+            frames
+                .iter()
+                .all(|f| matches!(f, Frame::Ack { multiple: true, .. }))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shuffled_settlements_with_requeues_settle_each_tag_once_and_rightly() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..50 {
+            let n = rng.random_range(1..400u64);
+            let mut order: Vec<(u64, bool)> = (1..=n).map(|t| (t, rng.random_bool(0.05))).collect();
+            // Out of order, but each within a window, as concurrent calls finish.
+            for chunk in order.chunks_mut(rng.random_range(1..64)) {
+                chunk.shuffle(&mut rng);
+            }
+            let gaps = (round % 3 == 0).then_some(37);
+            check(&order, gaps).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_delivery_does_not_hold_the_acks_above_it() {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(Run::new("test", 1000).serve(rx, ()));
+        // Tag 1 is still in flight; 2..=10 settle.
+        for tag in 2..=10 {
+            let acker = FakeAcker {
+                tag,
+                frames: frames.clone(),
+            };
+            tx.send(Settled {
+                tag,
+                acker,
+                requeue: false,
+            })
+            .ok();
+        }
+        tokio::time::sleep(PATIENCE * 2).await;
+        let seen = frames.lock().map(|f| f.clone()).unwrap_or_default();
+        let expected: Vec<Frame> = (2..=10)
+            .map(|tag| Frame::Ack {
+                tag,
+                multiple: false,
+            })
+            .collect();
+        assert_eq!(
+            seen, expected,
+            "acked one by one after PATIENCE, never tag 1"
+        );
+        drop(tx);
+        task.await.ok();
+    }
+}
