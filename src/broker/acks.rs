@@ -29,7 +29,7 @@ use tracing::warn;
 /// Send a multiple-ack once this many deliveries wait in the settled run.
 pub const BATCH: usize = 64;
 /// Send a multiple-ack at most this long after the first delivery of a run settled.
-pub const LINGER: Duration = Duration::from_millis(2);
+pub const LINGER: Duration = Duration::from_millis(10);
 /// Ack deliveries one by one once a slower one below them has held them this long.
 pub const PATIENCE: Duration = Duration::from_millis(25);
 
