@@ -145,7 +145,11 @@ impl App {
         let metrics = Metrics::new(&crate::config::CONNECTORS);
         metrics.workflows_loaded.set(catalog.workflows.len() as i64);
         let connectors = Connectors::new(
-            HttpClient::new(&config.http, metrics.clone())?,
+            HttpClient::new(
+                &config.http,
+                config.worker.per_host_limit(),
+                metrics.clone(),
+            )?,
             metrics.clone(),
         );
         let health = Health::default();

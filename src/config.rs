@@ -140,6 +140,19 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Unacked actions the broker may push per queue.
     pub prefetch: u16,
+    /// Calls in flight to one host at most, if set (see [`WorkerConfig::per_host_limit`]).
+    #[serde(default)]
+    pub max_per_host: Option<usize>,
+}
+
+impl WorkerConfig {
+    /// Calls in flight to one host at most (`worker.max_per_host`, by default half of
+    /// `concurrency`, rounded up), so that a hanging host cannot hold every slot.
+    pub fn per_host_limit(&self) -> usize {
+        self.max_per_host
+            .unwrap_or(self.concurrency.div_ceil(2))
+            .max(1)
+    }
 }
 
 /// `retry:` settings.
@@ -305,6 +318,9 @@ impl Config {
         if self.worker.concurrency == 0 {
             return Err("worker.concurrency must be at least 1".into());
         }
+        if self.worker.max_per_host == Some(0) {
+            return Err("worker.max_per_host must be at least 1".into());
+        }
         if self.router.prefetch == 0 || self.worker.prefetch == 0 {
             return Err("router.prefetch and worker.prefetch must be at least 1".into());
         }
@@ -416,6 +432,7 @@ mod tests {
         assert_eq!(c.http.timeout, Duration::from_secs(15));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.worker.per_host_limit(), 64, "half of concurrency 128");
     }
 
     #[test]
@@ -435,6 +452,7 @@ mod tests {
                 ("SWITCHYARD__WORKER__CONNECTORS", "http,webhook"),
                 ("SWITCHYARD__RETRY__SCHEDULE", "1s,2s"),
                 ("SWITCHYARD__SHUTDOWN_GRACE", "5s"),
+                ("SWITCHYARD__WORKER__MAX_PER_HOST", "3"),
             ])),
         )
         .expect("loads");
@@ -446,6 +464,7 @@ mod tests {
             vec![Duration::from_secs(1), Duration::from_secs(2)]
         );
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.worker.per_host_limit(), 3);
     }
 
     #[test]
@@ -458,6 +477,7 @@ mod tests {
             ("amqp:\n  prefix: 'a b'\n", "amqp.prefix"),
             ("amqp:\n  queue_type: stream\n", "stream"),
             ("nonsense: 1\n", "nonsense"),
+            ("worker:\n  max_per_host: 0\n", "worker.max_per_host"),
         ];
         for (yaml, needle) in cases {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();

@@ -25,6 +25,7 @@ use crate::broker::message::{
 };
 use crate::broker::{AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, set_int, set_str};
 use crate::config::format_delay;
+use crate::connectors::bulkhead::{WORKER_SLOT, WorkerSlot};
 use crate::connectors::{Call, Target};
 use crate::outcome::{ErrorClass, Failure, Outcome};
 use crate::telemetry::{ConnectorLabel, DeadLabel};
@@ -89,16 +90,17 @@ pub async fn run(
             }
             None => return Err(BrokerError::ConsumerEnded("action queues".into())),
         };
+        let slot = WorkerSlot::new(permits.clone(), permit, stop.clone());
         let job = Job {
             app: app.clone(),
             publisher: publisher.clone(),
             connector,
             acks,
+            slot: slot.clone(),
         };
-        tracker.spawn(async move {
-            job.process(delivery).await;
-            drop(permit);
-        });
+        // The slot goes with the job's task: the HTTP client gives it back while the job waits
+        // for a busy host (connectors::bulkhead).
+        tracker.spawn(WORKER_SLOT.scope(slot, job.process(delivery)));
     }
 }
 
@@ -112,6 +114,8 @@ struct Job {
     connector: &'static str,
     /// Settles the delivery on its channel.
     acks: Acks,
+    /// The worker slot the job holds (released when the job ends).
+    slot: Arc<WorkerSlot>,
 }
 
 /// How a delivery ends.
@@ -120,6 +124,8 @@ enum Settle {
     Ack,
     /// Hand it back to the queue (the outcome could not be made durable).
     Requeue(BrokerError),
+    /// Hand it back to the queue untried: the service is stopping.
+    Untried,
 }
 
 impl Job {
@@ -128,6 +134,13 @@ impl Job {
             Settle::Ack => self.acks.ack(delivery),
             Settle::Requeue(e) => {
                 warn!(connector = self.connector, error = %e, "could not record the outcome; the action goes back to its queue");
+                self.acks.requeue(delivery);
+            }
+            Settle::Untried => {
+                debug!(
+                    connector = self.connector,
+                    "stopping before the call; the action goes back to its queue"
+                );
                 self.acks.requeue(delivery);
             }
         }
@@ -228,6 +241,9 @@ impl Job {
         };
 
         let outcome = self.call_with_quick_retries(target, &call, attempts).await;
+        if self.slot.abandoned() {
+            return Settle::Untried;
+        }
         let calls = attempts.calls + outcome.1;
         let mut attempts = Attempts {
             calls,
@@ -368,6 +384,9 @@ impl Job {
                 failure.reason = crate::outcome::redact(&failure.reason, secrets.values());
             }
             in_flight.dec();
+            if self.slot.abandoned() {
+                return (outcome, calls);
+            }
             calls += 1;
             self.app
                 .metrics

@@ -695,7 +695,8 @@ async fn sigterm_under_load_answers_every_request_and_loses_nothing() {
         dir.path(),
         &prefix,
         &one_action("load", &fake, "load"),
-        "worker: { concurrency: 64 }\nshutdown_grace: 10s\nlog: { format: json, level: info }",
+        // One host takes all the traffic here: let it use every slot.
+        "worker: { concurrency: 64, max_per_host: 64 }\nshutdown_grace: 10s\nlog: { format: json, level: info }",
     );
     assert_eq!(config.shutdown_grace, grace);
     let guard = TopologyGuard::new(&config);

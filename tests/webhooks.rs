@@ -518,6 +518,21 @@ workflows:
 
     if other_dead {
         assert!(max_open >= 1.0, "the dead host's breaker opened");
+        // Before the breaker opened, the dead host held at most worker.max_per_host (half the
+        // concurrency by default) of the slots; the rest served the healthy host. Calls that
+        // reach it well within the first call's timeout are all still open together (room is
+        // freed only when a call ends), so they number no more than the cap.
+        let arrivals: Vec<Instant> = other.inspect(|rs| rs.iter().map(|r| r.at).collect());
+        let first = *arrivals.iter().min().expect("calls reached the dead host");
+        let together = arrivals
+            .iter()
+            .filter(|at| at.duration_since(first) < Duration::from_millis(150))
+            .count();
+        assert!(
+            together <= CONCURRENCY / 2,
+            "{together} calls hung at the dead host at once; the cap is {}",
+            CONCURRENCY / 2
+        );
         let (_, at_open) = opened.expect("seen open");
         let total = other.count();
         // Once open, calls stop: at most the calls already past the breaker when it opened.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::Request;
 use super::breaker::{Breakers, Permit};
+use super::bulkhead::Bulkheads;
 use crate::config::HttpConfig;
 use crate::net::{Guard, GuardedResolver, find_blocked};
 use crate::outcome::{self, Outcome};
@@ -31,6 +32,8 @@ pub struct HttpClient {
     guard: Arc<Guard>,
     /// One circuit breaker per (connector, host).
     breakers: Arc<Breakers>,
+    /// At most `worker.max_per_host` calls in flight per host.
+    bulkheads: Arc<Bulkheads>,
     /// Rendered bodies larger than this are refused.
     max_body_bytes: usize,
     /// Response bodies are read up to this many bytes.
@@ -40,8 +43,13 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// Builds the client from `http:` settings.
-    pub fn new(config: &HttpConfig, metrics: Arc<Metrics>) -> Result<HttpClient, reqwest::Error> {
+    /// Builds the client from `http:` settings, with at most `max_per_host` calls in flight to
+    /// one host.
+    pub fn new(
+        config: &HttpConfig,
+        max_per_host: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<HttpClient, reqwest::Error> {
         let guard = Arc::new(Guard::new(&config.allow_networks));
         let hops = guard.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -70,6 +78,7 @@ impl HttpClient {
             client,
             guard,
             breakers: Arc::new(Breakers::new(metrics)),
+            bulkheads: Arc::new(Bulkheads::new(max_per_host)),
             max_body_bytes: config.max_body_bytes,
             max_response_bytes: config.max_response_bytes,
             timeout: config.timeout,
@@ -109,6 +118,13 @@ impl HttpClient {
             );
         }
         let connector = request.connector;
+        // Room at the host first (waiting without a worker slot), then the breaker, which may
+        // have opened while this call waited.
+        let Ok(_room) = self.bulkheads.enter(&host).await else {
+            return Outcome::retry(format!(
+                "not called: switchyard is stopping while {host} was busy"
+            ));
+        };
         if let Permit::Open(failures) = self.breakers.permit(connector, &host) {
             // Straight to the next retry tier: a zero wait skips the quick retries.
             return Outcome::Retry(Failure {
@@ -202,7 +218,8 @@ mod tests {
     #[tokio::test]
     async fn a_scheme_other_than_http_or_https_is_blocked_without_a_call() {
         let config = crate::Config::from_yaml("{}").expect("the defaults are valid");
-        let client = HttpClient::new(&config.http, Metrics::new(&["webhook"])).expect("a client");
+        let client =
+            HttpClient::new(&config.http, 8, Metrics::new(&["webhook"])).expect("a client");
         let outcome = client
             .send(Request {
                 method: reqwest::Method::POST,

@@ -3,6 +3,7 @@
 
 pub mod braze;
 pub mod breaker;
+pub mod bulkhead;
 pub mod client;
 pub mod connection;
 pub mod http;
