@@ -339,7 +339,7 @@ async fn session(
             tracker.clone(),
         ));
     }
-    let depths = tokio::spawn(refresh_depths(app.clone(), setup, stop.clone()));
+    let depths = tokio::spawn(refresh_depths(app.clone(), setup.clone(), stop.clone()));
     let mut events = connection.events_listener();
     let lost = async {
         while let Some(event) = events.next().await {
@@ -380,8 +380,18 @@ async fn session(
                     "shutdown_grace elapsed; unfinished actions go back to their queue"
                 );
             }
+            // Our channels first (the consumers' close once their acks are out): a channel whose
+            // last handle drops while the connection closes makes lapin log an ERROR.
+            let channels = async {
+                for channel in [&setup, publisher.channel()] {
+                    if channel.status().connected() {
+                        let _ = channel.close(200, "shutdown".into()).await;
+                    }
+                }
+            };
             // Bounded: lapin's close can wait forever for a close-ok that never comes (seen once
             // in tests/delivery.rs under load); the process must exit right after shutdown_grace.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channels).await;
             let _ =
                 tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "shutdown".into())).await;
             info!("stopped");

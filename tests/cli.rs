@@ -410,5 +410,9 @@ workflows:
         "{logs}"
     );
     assert!(logs.contains("draining in-flight work"), "{logs}");
+    assert!(
+        !logs.contains("\"level\":\"ERROR\""),
+        "a clean shutdown logs no error:\n{logs}"
+    );
     guard.delete().await;
 }

@@ -12,7 +12,7 @@
 //!
 //! Nothing is acked that has not settled, and an ack still waiting when the process dies only
 //! means a redelivery, which at-least-once allows. The task ends, flushing what it holds, when
-//! every handle is dropped; it holds the channel open until then.
+//! every handle is dropped; it holds the channel open until then, and closes it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -79,7 +79,14 @@ impl Acks {
     ) -> Acks {
         let (tx, rx) = mpsc::unbounded_channel();
         let run = Run::new(what, usize::from(prefetch).div_ceil(4).max(1));
-        tracker.spawn(run.serve(rx, channel));
+        tracker.spawn(async move {
+            run.serve(rx).await;
+            // Closed here, once its acks are out, rather than by lapin when the last handle
+            // drops, which could race the connection's close at shutdown (an ERROR line).
+            if channel.status().connected() {
+                let _ = channel.close(200, "done".into()).await;
+            }
+        });
         Acks { tx }
     }
 
@@ -144,8 +151,8 @@ impl<A: Settle> Run<A> {
         }
     }
 
-    /// Serves until every sender is dropped; `_keep` (the channel) lives as long.
-    async fn serve<K: Send>(mut self, mut rx: mpsc::UnboundedReceiver<Settled<A>>, _keep: K) {
+    /// Serves until every sender is dropped, then sends what it still holds.
+    async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Settled<A>>) {
         loop {
             let deadline = self.deadline();
             let next = match deadline {
@@ -338,7 +345,7 @@ mod tests {
     async fn check(order: &[(u64, bool)], gap_every: Option<usize>) -> Vec<Frame> {
         let frames = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(Run::new("test", 16).serve(rx, ()));
+        let task = tokio::spawn(Run::new("test", 16).serve(rx));
         // What the coalescer has been told, as the broker model will check it.
         let told = Arc::new(Mutex::new(Vec::new()));
         for (i, &(tag, requeue)) in order.iter().enumerate() {
@@ -419,7 +426,7 @@ mod tests {
     async fn a_slow_delivery_does_not_hold_the_acks_above_it() {
         let frames = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(Run::new("test", 1000).serve(rx, ()));
+        let task = tokio::spawn(Run::new("test", 1000).serve(rx));
         // Tag 1 is still in flight; 2..=10 settle.
         for tag in 2..=10 {
             let acker = FakeAcker {
