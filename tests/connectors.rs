@@ -1291,6 +1291,65 @@ workflows:
     h.finish().await;
 }
 
+/// A connection's own rate limit makes its actions wait; the wait must not idle the worker. With
+/// one worker slot, the second Braze action waits a minute for the limiter, and the HTTP actions
+/// of another workflow still go through meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_connection_does_not_hold_the_worker() {
+    let key = format!("braze-{:032x}", rand::random::<u128>());
+    let braze = FakeBraze::start(&key).await;
+    let healthy = sink().await;
+    let workflows = format!(
+        r#"{connection}
+workflows:
+  - id: track
+    workspace: ws_demo
+    trigger: {{ event: Gameplay.DataCaptured }}
+    actions:
+      - id: track
+        braze: {{ connection: braze-main, track: {{ external_id: "{{{{ event.id }}}}", attributes: {{ email: contact.email }} }} }}
+  - id: notify
+    workspace: ws_demo
+    trigger: {{ event: Gameplay.Ended }}
+    actions:
+      - {{ id: post, http: {{ url: "{healthy}/ended", body: '{{"event": "{{{{ event.id }}}}"}}' }} }}
+"#,
+        connection = braze_connection(&braze, "      limits: { rate: 1/min }"),
+        healthy = healthy.url(),
+    );
+    let h = Harness::start(
+        "braze-throttle",
+        &workflows,
+        "worker: { concurrency: 1 }",
+        &[("BRAZE_KEY", &key)],
+    )
+    .await;
+    for i in 0..2 {
+        h.publish(&event(&format!("evt_thr_{i}"), "Gameplay.DataCaptured"))
+            .await;
+    }
+    // The first call used the burst; the second action now waits for the limiter.
+    h.wait_metric(&attempts("braze", "success"), 1.0).await;
+    h.wait_metric("switchyard_actions_in_flight{connector=\"braze\"}", 1.0)
+        .await;
+
+    for i in 0..5 {
+        h.publish(&event(&format!("evt_thr_end_{i}"), "Gameplay.Ended"))
+            .await;
+    }
+    wait_until(
+        "the HTTP actions to go through beside the throttled one",
+        async || healthy.count() == 5,
+    )
+    .await;
+    assert_eq!(
+        braze.server.count(),
+        1,
+        "the limiter still holds the second call"
+    );
+    h.finish().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chaining and the examples
 

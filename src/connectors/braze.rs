@@ -497,7 +497,10 @@ impl BrazeAction {
             .registry
             .state(&self.connection.key, self.connection.limits);
         let outcome = {
-            let _slot = state.limiter.acquire().await;
+            let _slot = match state.limiter.acquire().await {
+                Ok(slot) => slot,
+                Err(abandoned) => return abandoned.into(),
+            };
             connectors
                 .http
                 .send_with(request, outcome::classify_braze)

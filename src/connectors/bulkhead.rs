@@ -10,7 +10,8 @@
 //! slot back ([`WorkerSlot`], set by the worker for the task that runs a job) and takes one
 //! again once its host has room, so other hosts' actions use the slot meanwhile. If the service
 //! is stopping while a call waits, the call is abandoned before it starts and the worker hands
-//! the action back to its queue.
+//! the action back to its queue. Waits for a connected app's own limits
+//! ([`super::registry::Limiter`]) give the slot back the same way ([`without_slot`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,11 +65,7 @@ impl Bulkheads {
                 _permit: Some(permit),
             });
         }
-        let wait = semaphore.acquire_owned();
-        let permit = match WORKER_SLOT.try_with(Arc::clone) {
-            Ok(slot) => slot.give_back_while(wait).await.ok_or(Abandoned)?,
-            Err(_) => wait.await,
-        };
+        let permit = without_slot(semaphore.acquire_owned()).await?;
         Ok(Room {
             _permit: permit.ok(),
         })
@@ -89,6 +86,23 @@ impl Bulkheads {
         let semaphore = Arc::new(Semaphore::new(self.max));
         hosts.insert(host.to_owned(), semaphore.clone());
         semaphore
+    }
+}
+
+/// Awaits `wait` (room at a host, a connection's concurrency or rate limit) with this task's
+/// worker slot given back meanwhile, if the task has one. [`Abandoned`] if the service started
+/// stopping first: the caller must not call.
+pub async fn without_slot<T>(wait: impl Future<Output = T>) -> Result<T, Abandoned> {
+    match WORKER_SLOT.try_with(Arc::clone) {
+        Ok(slot) => slot.give_back_while(wait).await.ok_or(Abandoned),
+        Err(_) => Ok(wait.await),
+    }
+}
+
+impl From<Abandoned> for crate::outcome::Outcome {
+    /// Retryable, though the worker hands the action back to its queue untried instead.
+    fn from(_: Abandoned) -> Self {
+        crate::outcome::Outcome::retry("not called: switchyard is stopping")
     }
 }
 

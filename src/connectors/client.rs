@@ -120,10 +120,9 @@ impl HttpClient {
         let connector = request.connector;
         // Room at the host first (waiting without a worker slot), then the breaker, which may
         // have opened while this call waited.
-        let Ok(_room) = self.bulkheads.enter(&host).await else {
-            return Outcome::retry(format!(
-                "not called: switchyard is stopping while {host} was busy"
-            ));
+        let _room = match self.bulkheads.enter(&host).await {
+            Ok(room) => room,
+            Err(abandoned) => return abandoned.into(),
         };
         if let Permit::Open(failures) = self.breakers.permit(connector, &host) {
             // Straight to the next retry tier: a zero wait skips the quick retries.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::bulkhead::{Abandoned, without_slot};
 use super::connection::{ConnectionKey, Limits};
 use super::salesforce::auth::TokenCache;
 
@@ -94,17 +95,23 @@ impl Limiter {
     }
 
     /// Waits for a concurrency permit, then for the rate limiter; the call may go while the
-    /// returned slot is held.
-    pub async fn acquire(&self) -> Slot {
+    /// returned slot is held. A wait gives the task's worker slot back meanwhile
+    /// ([`without_slot`]), so a throttled connection does not idle the worker.
+    pub async fn acquire(&self) -> Result<Slot, Abandoned> {
         let permit = match &self.semaphore {
             // `acquire_owned` fails only on a closed semaphore; these are never closed.
-            Some(semaphore) => semaphore.clone().acquire_owned().await.ok(),
+            Some(semaphore) => match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => without_slot(semaphore.clone().acquire_owned()).await?.ok(),
+            },
             None => None,
         };
-        if let Some(rate) = &self.rate {
-            rate.until_ready().await;
+        if let Some(rate) = &self.rate
+            && rate.check().is_err()
+        {
+            without_slot(rate.until_ready()).await?;
         }
-        Slot { _permit: permit }
+        Ok(Slot { _permit: permit })
     }
 
     /// The limits it enforces.
@@ -156,7 +163,7 @@ mod tests {
         for _ in 0..20 {
             let (limiter, now, max) = (limiter.clone(), now.clone(), max.clone());
             tasks.push(tokio::spawn(async move {
-                let _slot = limiter.acquire().await;
+                let _slot = limiter.acquire().await.expect("no worker slot to abandon");
                 let running = now.fetch_add(1, Ordering::SeqCst) + 1;
                 max.fetch_max(running, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -177,7 +184,7 @@ mod tests {
         });
         let started = Instant::now();
         for _ in 0..10 {
-            drop(limiter.acquire().await);
+            drop(limiter.acquire().await.expect("no worker slot to abandon"));
         }
         // 5 at once, then one every 100 ms.
         let elapsed = started.elapsed();

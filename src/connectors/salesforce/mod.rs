@@ -365,7 +365,10 @@ impl SalesforceAction {
                 Err(outcome) => return outcome,
             };
             let outcome = {
-                let _slot = state.limiter.acquire().await;
+                let _slot = match state.limiter.acquire().await {
+                    Ok(slot) => slot,
+                    Err(abandoned) => return abandoned.into(),
+                };
                 connectors
                     .http
                     .send_with(request, outcome::classify_salesforce)
