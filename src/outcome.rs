@@ -223,19 +223,39 @@ fn httpdate_parse(value: &str) -> Result<SystemTime, ()> {
 
 /// Replaces every secret value (and its base64 form, as in a Basic credential) in a text with
 /// `[redacted]`. Values shorter than 4 characters are left alone: they cannot be told from text.
+/// A reason cut short by [`one_line`] may end in the first characters of a secret; that tail is
+/// redacted too.
 pub fn redact<'a>(text: &str, secrets: impl Iterator<Item = &'a String>) -> String {
     use base64::Engine as _;
     let mut out = text.to_owned();
     for secret in secrets.filter(|s| s.len() >= 4) {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "[redacted]");
-        }
         let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
-        if out.contains(&encoded) {
-            out = out.replace(&encoded, "[redacted]");
+        for value in [secret.as_str(), encoded.as_str()] {
+            if out.contains(value) {
+                out = out.replace(value, "[redacted]");
+            }
+            redact_cut_tail(&mut out, value);
         }
     }
     out
+}
+
+/// If `text` was truncated (it ends in `…`) right inside `secret`, replaces the secret's first
+/// characters before the `…` with `[redacted]`.
+fn redact_cut_tail(text: &mut String, secret: &str) {
+    let Some(body) = text.strip_suffix('…') else {
+        return;
+    };
+    // Longest prefix first; a prefix of fewer than 4 bytes cannot be told from text.
+    let cut = (4..secret.len())
+        .rev()
+        .filter(|&i| secret.is_char_boundary(i))
+        .find(|&i| body.ends_with(&secret[..i]));
+    if let Some(len) = cut {
+        let keep = body.len() - len;
+        text.truncate(keep);
+        text.push_str("[redacted]…");
+    }
 }
 
 /// Folds a message onto one line and truncates it.
@@ -686,6 +706,25 @@ mod tests {
             redact(reason, secrets.iter()),
             "HTTP 401 from x: key [redacted] ([redacted]) is not valid; abc"
         );
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_truncation_is_redacted_too() {
+        let secret = "sk_live_0123456789abcdef".to_string();
+        let body = format!(
+            "{} token {secret} rejected",
+            "x".repeat(MAX_REASON_CHARS - 16)
+        );
+        let reason = one_line(&body);
+        assert!(
+            reason.ends_with('…') && reason.contains("sk_live_0"),
+            "{reason}"
+        );
+        let redacted = redact(&reason, std::iter::once(&secret));
+        assert!(redacted.ends_with(" token [redacted]…"), "{redacted}");
+        assert!(!redacted.contains("sk_live"), "{redacted}");
+        // A text that merely ends like the start of a short word is left alone.
+        assert_eq!(redact("see sk…", std::iter::once(&secret)), "see sk…");
     }
 
     /// (status, body, headers) → "success" | "retry" | "fail", and a text the reason must hold.

@@ -87,8 +87,8 @@ struct Args {
     /// Prefetch of the ceiling's consumer.
     #[arg(long, default_value_t = 1000)]
     ceiling_prefetch: u16,
-    /// The ceiling's consumer acks every this many deliveries at once (basic.ack multiple=true);
-    /// 1 acks each delivery on its own, as the service does.
+    /// The ceiling's consumer acks every this many deliveries at once (basic.ack multiple=true,
+    /// as the service's coalesced acks do); 1 acks each delivery on its own.
     #[arg(long, default_value_t = 100)]
     ceiling_ack_batch: u64,
     /// Give up on a phase when no action has arrived for this long.

@@ -208,7 +208,7 @@ pub async fn ceiling(
 /// The broker's latency floor for what the service does, with no work in between: events are
 /// published at `rate` per second to quorum queue `first`; a relay on one connection (as the
 /// service has) republishes each to quorum queue `second` and acks it once the copy is confirmed
-/// (the router's pattern); a consumer of `second` acks each copy on its own (the worker's). Both
+/// (the router's pattern); a consumer of `second` acks each copy on its own. Both
 /// consumers use `prefetch`. Returns publish → second delivery latencies in µs, sorted, and
 /// deletes both queues.
 #[allow(clippy::too_many_arguments)]
