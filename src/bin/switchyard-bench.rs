@@ -284,11 +284,14 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
     report.throughput = Some(throughput);
 
     // 4. Latency at half the measured rate, split at the action message, and the broker's floor.
+    // Each starts on a broker at rest, as the floor (measured last) otherwise would alone.
     if args.latency_events > 0 {
         let range = range.end..range.end + args.latency_events;
+        bench.settle().await;
         let (latency, split) = bench.latency(range, rate).await?;
         report.latency = Some(latency);
         report.split = split;
+        bench.settle().await;
         report.broker_floor = Some(bench.floor(&floor_queues, rate).await?);
     }
     let _ = bench.connection.close(200, "done".into()).await;
@@ -330,6 +333,18 @@ struct Phases<'a> {
 }
 
 impl Phases<'_> {
+    /// Waits (at most 15 s) for the broker to finish the previous phase's background work.
+    async fn settle(&self) {
+        let waited = procfs::wait_for_idle_broker(
+            self.broker_pid,
+            &self.clock,
+            0.15,
+            Duration::from_secs(15),
+        )
+        .await;
+        eprintln!("bench: broker at rest after {:.1} s", waited.as_secs_f64());
+    }
+
     /// Publishes events `range` to the events exchange.
     async fn publish(&self, range: Range<u64>, pace: Pace) -> anyhow::Result<amqp::Published> {
         amqp::publish(

@@ -164,3 +164,29 @@ impl CpuSample {
         }
     }
 }
+
+/// Waits until the broker is idle (under `idle_cores` over a 250 ms window) or `max` has passed,
+/// so that a phase does not pay for the previous one's leftovers (a quorum queue writes its
+/// segments and snapshots for a while after a burst). Returns how long it waited.
+pub async fn wait_for_idle_broker(
+    broker: Option<u32>,
+    clock: &CpuClock,
+    idle_cores: f64,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    const WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+    let started = std::time::Instant::now();
+    let Some(pid) = broker else {
+        return std::time::Duration::ZERO;
+    };
+    while started.elapsed() < max {
+        let before = cpu_ticks(pid);
+        tokio::time::sleep(WINDOW).await;
+        match clock.ms_between(before, cpu_ticks(pid)) {
+            Some(ms) if ms / (WINDOW.as_secs_f64() * 1000.0) < idle_cores => break,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    started.elapsed()
+}
