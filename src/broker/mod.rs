@@ -3,6 +3,8 @@
 pub mod acks;
 pub mod message;
 
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use lapin::Confirmation;
@@ -331,6 +333,9 @@ pub fn redact_url(url: &str) -> String {
 pub struct Publisher {
     /// The confirm-mode channel.
     channel: Channel,
+    /// Held while a publish takes its confirm number and queues its frames (see
+    /// [`Publisher::send`]).
+    order: Arc<Mutex<()>>,
 }
 
 /// A publish whose confirm has not arrived yet.
@@ -347,7 +352,10 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .context("enabling publisher confirms")?;
-        Ok(Publisher { channel })
+        Ok(Publisher {
+            channel,
+            order: Arc::default(),
+        })
     }
 
     /// Sends a persistent message; await the result with [`Publisher::confirmed`].
@@ -363,16 +371,30 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        self.channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties.with_delivery_mode(2),
-            )
-            .await
-            .context(format!("publishing to {exchange} {routing_key}"))
+        let mut publish = std::pin::pin!(self.channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties.with_delivery_mode(2),
+        ));
+        // lapin numbers a publish for its confirm, then queues its frames, with nothing to keep
+        // another thread's publish from coming in between: the broker would then confirm each
+        // under the other's number. Both happen in the first poll (the rest waits for the write),
+        // so that poll runs under `order`; the wait for the write does not.
+        let first = {
+            let _order = self
+                .order
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut cx = Context::from_waker(Waker::noop());
+            publish.as_mut().poll(&mut cx)
+        };
+        let result = match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => publish.await,
+        };
+        result.context(format!("publishing to {exchange} {routing_key}"))
     }
 
     /// Waits for a confirm; a nack or a returned (unroutable) message is an error.
