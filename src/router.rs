@@ -48,9 +48,12 @@ pub async fn run(
         .await
         .context(format!("consuming {}", app.topology.router))?;
     let acks = Acks::spawn(&tracker, channel, "router", app.config.router.prefetch);
+    // A task that could not publish reports here: the channel is gone, the session must restart.
+    let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<BrokerError>(1);
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            Some(e) = failed.recv() => return Err(e),
             next = consumer.next() => next,
         };
         let delivery = match next {
@@ -63,10 +66,24 @@ pub async fn run(
             }
             None => return Err(BrokerError::ConsumerEnded(app.topology.router.clone())),
         };
-        let routed = route(&app, &publisher, &delivery).await?;
-        let app = app.clone();
-        let acks = acks.clone();
-        tracker.spawn(async move { settle(&app, &acks, delivery, routed).await });
+        // Each event in its own task (at most router.prefetch): a publish waits for lapin to
+        // write it, and this loop must not wait on that round trip once per event.
+        let (app, publisher, acks, failed_tx) = (
+            app.clone(),
+            publisher.clone(),
+            acks.clone(),
+            failed_tx.clone(),
+        );
+        tracker.spawn(async move {
+            match route(&app, &publisher, &delivery).await {
+                Ok(routed) => settle(&app, &acks, delivery, routed).await,
+                Err(e) => {
+                    // Whatever it published is repeated when the event comes back.
+                    acks.requeue(delivery);
+                    let _ = failed_tx.try_send(e);
+                }
+            }
+        });
     }
 }
 
