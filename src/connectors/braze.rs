@@ -496,16 +496,10 @@ impl BrazeAction {
         let state = connectors
             .registry
             .state(&self.connection.key, self.connection.limits);
-        let outcome = {
-            let _slot = match state.limiter.acquire().await {
-                Ok(slot) => slot,
-                Err(abandoned) => return abandoned.into(),
-            };
-            connectors
-                .http
-                .send_with(request, outcome::classify_braze)
-                .await
-        };
+        let outcome = state
+            .limiter
+            .send(&connectors.http, request, outcome::classify_braze)
+            .await;
         if let Outcome::Success { output, .. } = &outcome {
             let rejected = partial_errors(output);
             if !rejected.is_empty() {

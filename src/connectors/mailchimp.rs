@@ -396,16 +396,10 @@ impl MailchimpAction {
         let state = connectors
             .registry
             .state(&self.connection.key, self.connection.limits);
-        let outcome = {
-            let _slot = match state.limiter.acquire().await {
-                Ok(slot) => slot,
-                Err(abandoned) => return abandoned.into(),
-            };
-            connectors
-                .http
-                .send_with(request, outcome::classify_mailchimp)
-                .await
-        };
+        let outcome = state
+            .limiter
+            .send(&connectors.http, request, outcome::classify_mailchimp)
+            .await;
         match outcome {
             Outcome::Success { status: 204, .. } => Outcome::Success {
                 status: 204,

@@ -12,9 +12,12 @@ use std::sync::{Arc, Mutex};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::Request;
 use super::bulkhead::{Abandoned, without_slot};
+use super::client::HttpClient;
 use super::connection::{ConnectionKey, Limits};
 use super::salesforce::auth::TokenCache;
+use crate::outcome::{self, Outcome};
 
 /// Every connection's state, created on first use.
 #[derive(Debug, Default)]
@@ -112,6 +115,21 @@ impl Limiter {
             without_slot(rate.until_ready()).await?;
         }
         Ok(Slot { _permit: permit })
+    }
+
+    /// Sends `request` through `http` within these limits ([`Limiter::acquire`]), classified by
+    /// the connector's `classify`.
+    pub async fn send(
+        &self,
+        http: &HttpClient,
+        request: Request,
+        classify: outcome::Classifier,
+    ) -> Outcome {
+        let _slot = match self.acquire().await {
+            Ok(slot) => slot,
+            Err(abandoned) => return abandoned.into(),
+        };
+        http.send_with(request, classify).await
     }
 
     /// The limits it enforces.

@@ -364,16 +364,10 @@ impl SalesforceAction {
                 Ok(request) => request,
                 Err(outcome) => return outcome,
             };
-            let outcome = {
-                let _slot = match state.limiter.acquire().await {
-                    Ok(slot) => slot,
-                    Err(abandoned) => return abandoned.into(),
-                };
-                connectors
-                    .http
-                    .send_with(request, outcome::classify_salesforce)
-                    .await
-            };
+            let outcome = state
+                .limiter
+                .send(&connectors.http, request, outcome::classify_salesforce)
+                .await;
             match outcome {
                 Outcome::Fail(failure) if failure.status == Some(401) && !replayed => {
                     info!(
