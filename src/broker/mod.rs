@@ -59,6 +59,17 @@ impl<T> AmqpContext<T> for Result<T, lapin::Error> {
     }
 }
 
+/// [`AmqpContext::context`] with the text built only on failure, for per-message paths.
+fn lazy_context<T>(
+    result: Result<T, lapin::Error>,
+    context: impl FnOnce() -> String,
+) -> Result<T, BrokerError> {
+    result.map_err(|source| BrokerError::Amqp {
+        context: context(),
+        source,
+    })
+}
+
 /// The names of every exchange and queue, derived from `amqp.prefix` (SPEC §1).
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -394,12 +405,12 @@ impl Publisher {
             Poll::Ready(result) => result,
             Poll::Pending => publish.await,
         };
-        result.context(format!("publishing to {exchange} {routing_key}"))
+        lazy_context(result, || format!("publishing to {exchange} {routing_key}"))
     }
 
     /// Waits for a confirm; a nack or a returned (unroutable) message is an error.
     pub async fn confirmed(pending: PendingConfirm, what: &str) -> Result<(), BrokerError> {
-        match pending.await.context(format!("confirming {what}"))? {
+        match lazy_context(pending.await, || format!("confirming {what}"))? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => {
                 Err(BrokerError::Refused(what.to_owned()))
