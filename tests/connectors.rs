@@ -1065,6 +1065,23 @@ connections:
     )
 }
 
+/// The Braze connection (with `limits`) and one workflow that tracks each
+/// `Gameplay.DataCaptured` with `external_id`. More workflows may be appended as list items.
+fn braze_track_workflows(fake: &FakeBraze, limits: &str, external_id: &str) -> String {
+    format!(
+        r#"{connection}
+workflows:
+  - id: track
+    workspace: ws_demo
+    trigger: {{ event: Gameplay.DataCaptured }}
+    actions:
+      - id: track
+        braze: {{ connection: braze-main, track: {{ external_id: "{external_id}", attributes: {{ email: contact.email }} }} }}
+"#,
+        connection = braze_connection(fake, limits),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn braze_track_sends_one_identifier_operators_events_and_purchases() {
     let key = format!("braze-{:032x}", rand::random::<u128>());
@@ -1197,18 +1214,7 @@ workflows:
 async fn braze_429_waits_until_the_rate_limit_reset_and_a_400_is_permanent() {
     let key = format!("braze-{:032x}", rand::random::<u128>());
     let fake = FakeBraze::start(&key).await;
-    let workflows = format!(
-        r#"{connection}
-workflows:
-  - id: track
-    workspace: ws_demo
-    trigger: {{ event: Gameplay.DataCaptured }}
-    actions:
-      - id: track
-        braze: {{ connection: braze-main, track: {{ external_id: "{{{{ contact.id }}}}", attributes: {{ email: contact.email }} }} }}
-"#,
-        connection = braze_connection(&fake, ""),
-    );
+    let workflows = braze_track_workflows(&fake, "", "{{ contact.id }}");
     let h = Harness::start(
         "braze-429",
         &workflows,
@@ -1257,18 +1263,7 @@ workflows:
 async fn braze_rate_limit_spaces_calls() {
     let key = format!("braze-{:032x}", rand::random::<u128>());
     let fake = FakeBraze::start(&key).await;
-    let workflows = format!(
-        r#"{connection}
-workflows:
-  - id: track
-    workspace: ws_demo
-    trigger: {{ event: Gameplay.DataCaptured }}
-    actions:
-      - id: track
-        braze: {{ connection: braze-main, track: {{ external_id: "{{{{ event.id }}}}", attributes: {{ email: contact.email }} }} }}
-"#,
-        connection = braze_connection(&fake, "      limits: { rate: 4/s }"),
-    );
+    let workflows = braze_track_workflows(&fake, "      limits: { rate: 4/s }", "{{ event.id }}");
     let h = Harness::start("braze-rate", &workflows, "", &[("BRAZE_KEY", &key)]).await;
     for i in 0..12 {
         h.publish(&event(
@@ -1299,22 +1294,17 @@ async fn a_throttled_connection_does_not_hold_the_worker() {
     let key = format!("braze-{:032x}", rand::random::<u128>());
     let braze = FakeBraze::start(&key).await;
     let healthy = sink().await;
-    let workflows = format!(
-        r#"{connection}
-workflows:
-  - id: track
-    workspace: ws_demo
-    trigger: {{ event: Gameplay.DataCaptured }}
-    actions:
-      - id: track
-        braze: {{ connection: braze-main, track: {{ external_id: "{{{{ event.id }}}}", attributes: {{ email: contact.email }} }} }}
-  - id: notify
+    let workflows = braze_track_workflows(
+        &braze,
+        "      limits: { rate: 1/min }",
+        "{{ event.id }}",
+    ) + &format!(
+        r#"  - id: notify
     workspace: ws_demo
     trigger: {{ event: Gameplay.Ended }}
     actions:
       - {{ id: post, http: {{ url: "{healthy}/ended", body: '{{"event": "{{{{ event.id }}}}"}}' }} }}
 "#,
-        connection = braze_connection(&braze, "      limits: { rate: 1/min }"),
         healthy = healthy.url(),
     );
     let h = Harness::start(
