@@ -466,29 +466,9 @@ impl Broker {
     /// Publishes a persistent JSON message and waits for the broker's confirm; an unroutable
     /// message fails the test.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(
-            matches!(confirm, Confirmation::Ack(None)),
-            "the broker did not accept the message to {exchange} {routing_key}: {confirm:?}"
-        );
+        let message = (routing_key.to_owned(), body.to_vec());
+        self.publish_pipelined(exchange, std::slice::from_ref(&message), 1)
+            .await;
     }
 
     /// Publishes many persistent JSON messages `(routing key, body)` with pipelined confirms:
