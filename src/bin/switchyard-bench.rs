@@ -98,6 +98,12 @@ struct Args {
     /// queue per action message; without it the router/worker split is not reported).
     #[arg(long)]
     no_split: bool,
+    /// Leave the broker's quorum write-ahead log alone. By default each measured phase starts on
+    /// a fresh one (`rabbitmqctl eval 'ra_log_wal:force_roll_over(ra_log_wal).'`, when the
+    /// broker runs here): the broker rolls it over every 512 MiB written and every queue pauses
+    /// meanwhile, which a phase of a few seconds would otherwise catch in some runs and not others.
+    #[arg(long)]
+    wal_as_is: bool,
     /// Measure the broker ceiling only (no service).
     #[arg(long)]
     ceiling_only: bool,
@@ -186,6 +192,11 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
     report.clk_tck_assumed = clock.assumed;
     report.load_average = procfs::load_average();
     let broker_pid = procfs::broker_pid();
+    report.wal = match (args.wal_as_is, broker_pid) {
+        (true, _) => "left as is (--wal-as-is)".to_owned(),
+        (false, None) => "left as is (the broker does not run here)".to_owned(),
+        (false, Some(_)) => "each phase starts on a fresh one (rabbitmqctl)".to_owned(),
+    };
 
     // 1. The broker's ceiling for 2N messages.
     let ceiling_queue = format!("{}.ceiling", run.prefix);
@@ -194,7 +205,9 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         "bench: broker ceiling: {} persistent messages through quorum queue {ceiling_queue}…",
         2 * args.events
     );
+    start_phase(args, broker_pid, &clock, &mut report).await;
     let broker_before = broker_pid.and_then(procfs::cpu_ticks);
+    let wal_before = broker_pid.and_then(procfs::broker_wal);
     let measured = amqp::ceiling(
         &args.amqp_url,
         &ceiling_queue,
@@ -214,6 +227,9 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         window: args.window,
         prefetch: args.ceiling_prefetch,
         ack_batch: args.ceiling_ack_batch,
+        wal_rollovers: wal_before
+            .zip(broker_pid.and_then(procfs::broker_wal))
+            .map(|(before, after)| after.saturating_sub(before)),
     });
     if args.ceiling_only {
         return Ok(report);
@@ -276,6 +292,7 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
 
     // 3. Throughput.
     let range = warmup..warmup + args.events;
+    start_phase(args, broker_pid, &clock, &mut report).await;
     let throughput = bench.throughput(range.clone()).await?;
     let rate = args
         .latency_rate
@@ -287,11 +304,11 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
     // Each starts on a broker at rest, as the floor (measured last) otherwise would alone.
     if args.latency_events > 0 {
         let range = range.end..range.end + args.latency_events;
-        bench.settle().await;
+        start_phase(args, broker_pid, &clock, &mut report).await;
         let (latency, split) = bench.latency(range, rate).await?;
         report.latency = Some(latency);
         report.split = split;
-        bench.settle().await;
+        start_phase(args, broker_pid, &clock, &mut report).await;
         report.broker_floor = Some(bench.floor(&floor_queues, rate).await?);
     }
     let _ = bench.connection.close(200, "done".into()).await;
@@ -333,18 +350,6 @@ struct Phases<'a> {
 }
 
 impl Phases<'_> {
-    /// Waits (at most 15 s) for the broker to finish the previous phase's background work.
-    async fn settle(&self) {
-        let waited = procfs::wait_for_idle_broker(
-            self.broker_pid,
-            &self.clock,
-            0.15,
-            Duration::from_secs(15),
-        )
-        .await;
-        eprintln!("bench: broker at rest after {:.1} s", waited.as_secs_f64());
-    }
-
     /// Publishes events `range` to the events exchange.
     async fn publish(&self, range: Range<u64>, pace: Pace) -> anyhow::Result<amqp::Published> {
         amqp::publish(
@@ -482,6 +487,22 @@ impl Phases<'_> {
         floor.cpu = Some(cpu_before.until(&cpu_after, &self.clock, count, secs));
         Ok(floor)
     }
+}
+
+/// Readies the broker for a measured phase: a fresh write-ahead log (unless `--wal-as-is`), then
+/// at most 15 s for it to finish the previous phase's background work (a quorum queue writes its
+/// segments for a while after a burst, and after a roll-over). A roll-over that fails is said
+/// once in the report.
+async fn start_phase(args: &Args, broker_pid: Option<u32>, clock: &CpuClock, report: &mut Report) {
+    if broker_pid.is_some()
+        && !args.wal_as_is
+        && let Err(why) = procfs::roll_wal_over().await
+    {
+        report.wal = format!("left as is: could not roll it over ({why})");
+    }
+    let waited =
+        procfs::wait_for_idle_broker(broker_pid, clock, 0.15, Duration::from_secs(15)).await;
+    eprintln!("bench: broker at rest after {:.1} s", waited.as_secs_f64());
 }
 
 /// Stops the service and deletes what the run created; says what it did (or could not do).

@@ -30,6 +30,8 @@ pub struct Ceiling {
     pub prefetch: u16,
     /// Deliveries acked at once (`multiple`).
     pub ack_batch: u64,
+    /// How many times the broker rolled its quorum write-ahead log over meanwhile.
+    pub wal_rollovers: Option<u64>,
 }
 
 /// The service's settings that matter for speed, as it ran.
@@ -160,6 +162,8 @@ pub struct Report {
     pub duplicates: (u64, u64),
     /// The 1-minute load average when the run started.
     pub load_average: Option<f64>,
+    /// What the bench did with the broker's quorum write-ahead log between phases.
+    pub wal: String,
     /// The service's own count of HTTP attempts by outcome.
     pub attempts: Vec<(String, u64)>,
     /// Messages left in the router, dead-letter and rejected queues at the end.
@@ -187,6 +191,7 @@ impl Report {
             rss_peak_kib: None,
             duplicates: (0, 0),
             load_average: None,
+            wal: String::new(),
             attempts: Vec::new(),
             leftovers: Vec::new(),
             cleanup: Vec::new(),
@@ -255,6 +260,9 @@ impl Report {
         if let Some(load) = self.load_average {
             let _ = writeln!(out, "machine load average at the start: {load:.2}");
         }
+        if !self.wal.is_empty() {
+            let _ = writeln!(out, "broker write-ahead log: {}", self.wal);
+        }
         if let Some(s) = &self.settings {
             let _ = writeln!(
                 out,
@@ -290,6 +298,7 @@ impl Report {
                 c.ack_batch,
                 ms(c.broker_cpu_ms_per_msg)
             );
+            wal_line(&mut out, c.wal_rollovers);
         }
         if let Some(t) = &self.throughput {
             let _ = writeln!(
@@ -329,6 +338,7 @@ impl Report {
                     ms(cpu.broker_ms),
                     ms(cpu.bench_ms)
                 );
+                wal_line(&mut out, cpu.wal_rollovers);
             }
         }
         if let Some(rss) = self.rss_mib() {
@@ -429,6 +439,17 @@ fn ms(value: Option<f64>) -> String {
     }
 }
 
+/// Says so when the broker rolled its write-ahead log over during a phase: every queue waits
+/// meanwhile, so the phase's tail is the broker's (the floor phase shows the same pause).
+fn wal_line(out: &mut String, rollovers: Option<u64>) {
+    if let Some(rolled @ 1..) = rollovers {
+        let _ = writeln!(
+            out,
+            "                the broker rolled its quorum WAL over {rolled}× meanwhile: every queue pauses for it (expect a slower tail)"
+        );
+    }
+}
+
 /// The CPU and HTTP-call lines under a phase.
 fn cpu_lines(out: &mut String, cpu: &CpuUse, actions_per_s: f64, mean_call_ms: Option<f64>) {
     let cores = |per_action: Option<f64>| match per_action {
@@ -453,6 +474,7 @@ fn cpu_lines(out: &mut String, cpu: &CpuUse, actions_per_s: f64, mean_call_ms: O
             "                other processes used {other:.2} cores meanwhile{noise}"
         );
     }
+    wal_line(out, cpu.wal_rollovers);
     if let Some(call) = mean_call_ms {
         let _ = writeln!(
             out,
