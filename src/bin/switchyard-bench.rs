@@ -111,7 +111,8 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Write each latency-phase event's publish → arrival latency to this file (CSV: seq,
-    /// sent_offset_ms, latency_ms), to see when in the phase the slow ones happened.
+    /// sent_offset_ms, latency_ms, to_action_message_ms), to see when in the phase the slow ones
+    /// happened and on which side of the action message (empty without the tap).
     #[arg(long)]
     dump_latencies: Option<PathBuf>,
     /// Also print the report as one JSON object.
@@ -441,18 +442,23 @@ impl Phases<'_> {
             .saturating_sub(published.first_sent_us) as f64
             / 1e6;
         if let Some(path) = &self.args.dump_latencies {
+            let to_action: std::collections::HashMap<u64, u64> =
+                tapped.iter().flatten().copied().collect();
             let rows = range.clone().filter_map(|seq| {
                 let latency = self.sink.latency_us(seq)?;
                 let offset = (seq - range.start) as f64 / rate;
+                let split = to_action
+                    .get(&seq)
+                    .map(|us| format!("{:.3}", *us.min(&latency) as f64 / 1000.0))
+                    .unwrap_or_default();
                 Some(format!(
-                    "{seq},{:.3},{:.3}\n",
+                    "{seq},{:.3},{:.3},{split}\n",
                     offset * 1000.0,
                     latency as f64 / 1000.0
                 ))
             });
-            let csv: String = std::iter::once("seq,sent_offset_ms,latency_ms\n".to_owned())
-                .chain(rows)
-                .collect();
+            let header = "seq,sent_offset_ms,latency_ms,to_action_message_ms\n";
+            let csv: String = std::iter::once(header.to_owned()).chain(rows).collect();
             std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
         }
         let mut latencies = self.sink.latencies_us(range.clone());
