@@ -29,9 +29,6 @@ use crate::{router, secrets, server, worker};
 /// How often queue depths are refreshed.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
 
-/// How long closing a broker connection may take; past it the connection is dropped as it is.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// What a process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -382,26 +379,18 @@ async fn session(
             }
             // Our channels first (the consumers' close once their acks are out): a channel whose
             // last handle drops while the connection closes makes lapin log an ERROR.
-            let channels = async {
-                for channel in [&setup, publisher.channel()] {
-                    if channel.status().connected() {
-                        let _ = channel.close(200, "shutdown".into()).await;
-                    }
-                }
-            };
-            // Bounded: lapin's close can wait forever for a close-ok that never comes (seen once
-            // in tests/delivery.rs under load); the process must exit right after shutdown_grace.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channels).await;
-            let _ =
-                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "shutdown".into())).await;
+            // Each close is bounded (broker::CLOSE_TIMEOUT): the process must exit right after
+            // shutdown_grace.
+            for channel in [&setup, publisher.channel()] {
+                broker::close_channel(channel, 200, "shutdown").await;
+            }
+            broker::close_connection(&connection, 200, "shutdown").await;
             info!("stopped");
             Ok(())
         }
         Err(e) => {
             // The channel is gone: in-flight work cannot ack and will be redelivered.
-            let _ =
-                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(320, "reconnecting".into()))
-                    .await;
+            broker::close_connection(&connection, 320, "reconnecting").await;
             Err(e)
         }
     }

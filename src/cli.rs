@@ -225,7 +225,7 @@ pub async fn topology(config: &Config, out: &mut impl Write) -> ExitCode {
                     source,
                 })?;
         topology.declare(&channel).await?;
-        let _ = connection.close(200, "done".into()).await;
+        broker::close_connection(&connection, 200, "done").await;
         Ok::<(), broker::BrokerError>(())
     }
     .await;
@@ -307,7 +307,7 @@ pub async fn publish(
         for pending in window {
             Publisher::confirmed(pending, &routing_key).await?;
         }
-        let _ = connection.close(200, "done".into()).await;
+        broker::close_connection(&connection, 200, "done").await;
         Ok::<(), broker::BrokerError>(())
     }
     .await;

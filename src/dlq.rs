@@ -317,7 +317,7 @@ pub async fn run(config: &Config, command: Command, out: &mut impl Write) -> Exi
     let result = async {
         let connection = broker::connect(&config.amqp.url, "switchyard dlq").await?;
         let result = dispatch(&connection, &topology, command, out).await;
-        let _ = connection.close(200, "done".into()).await;
+        broker::close_connection(&connection, 200, "done").await;
         result
     }
     .await;
@@ -656,7 +656,7 @@ impl Pass {
                 .context(format!("handing records back to {}", self.queue))?;
         }
         // Closing would requeue them as well; a failure here loses nothing.
-        let _ = self.channel.close(200, "done".into()).await;
+        broker::close_channel(&self.channel, 200, "done").await;
         Ok(())
     }
 
@@ -1191,7 +1191,7 @@ async fn require_exchange(connection: &Connection, exchange: &str) -> Result<(),
         .await;
     match result {
         Ok(()) => {
-            let _ = channel.close(200, "done".into()).await;
+            broker::close_channel(&channel, 200, "done").await;
             Ok(())
         }
         Err(e) if is_not_found(&e) => Err(DlqError::Usage(format!(

@@ -27,6 +27,8 @@ use switchyard::broker::{self, Publisher, RETRY_TIER_HEADER, Topology, set_int, 
 
 /// One retry tier keeps the topology each test declares small.
 const SCHEDULE: &str = "5s";
+/// The longest a `switchyard dlq` command may run here.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The broker's redelivery counter, which quorum queues add to a record handed back by a pass.
 /// It is not part of the record.
@@ -328,7 +330,18 @@ impl Setup {
             command.env(k, v);
         }
         let started = Instant::now();
-        let output = command.output().expect("the switchyard binary runs");
+        // Bounded, so that a command that never exits fails this test instead of hanging the
+        // suite (`dlq replay` once finished its work and never exited).
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(true);
+        let output = self.runtime.block_on(async {
+            tokio::time::timeout(COMMAND_DEADLINE, command.output())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("switchyard dlq {args:?} did not exit within {COMMAND_DEADLINE:?}")
+                })
+                .expect("the switchyard binary runs")
+        });
         Ran::new(args, output, started.elapsed())
     }
 

@@ -83,9 +83,7 @@ impl Acks {
             run.serve(rx).await;
             // Closed here, once its acks are out, rather than by lapin when the last handle
             // drops, which could race the connection's close at shutdown (an ERROR line).
-            if channel.status().connected() {
-                let _ = channel.close(200, "done".into()).await;
-            }
+            super::close_channel(&channel, 200, "done").await;
         });
         Acks { tx }
     }

@@ -24,6 +24,46 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// The header naming a retry tier, matched by the retry exchange's bindings.
 pub const RETRY_TIER_HEADER: &str = "x-switchyard-retry-tier";
 
+/// How long a close waits for the broker's close-ok. lapin's close can wait forever for one:
+/// the broker has logged the close and dropped the socket, and the promise never resolves (seen
+/// under load in tests/delivery.rs, and in `dlq replay`, which had finished its work and then
+/// never exited). Giving up loses nothing: what a closed channel held unacked goes back to its
+/// queue either way.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Closes a connection, waiting at most [`CLOSE_TIMEOUT`]; false when it gave up waiting.
+pub async fn close_connection(connection: &Connection, code: u16, text: &str) -> bool {
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, text.into()))
+        .await
+        .is_ok();
+    if !closed {
+        tracing::debug!(
+            timeout_s = CLOSE_TIMEOUT.as_secs(),
+            "no close-ok from the broker for the connection; dropping it as it is"
+        );
+    }
+    closed
+}
+
+/// Closes a channel if it is still open, waiting at most [`CLOSE_TIMEOUT`]; false when it gave
+/// up waiting.
+pub async fn close_channel(channel: &Channel, code: u16, text: &str) -> bool {
+    if !channel.status().connected() {
+        return true;
+    }
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(code, text.into()))
+        .await
+        .is_ok();
+    if !closed {
+        tracing::debug!(
+            channel = channel.id(),
+            timeout_s = CLOSE_TIMEOUT.as_secs(),
+            "no close-ok from the broker for the channel; dropping it as it is"
+        );
+    }
+    closed
+}
+
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
