@@ -12,9 +12,10 @@
 //! 3. **Throughput.** N events published as fast as confirms allow; the clock stops at the Nth
 //!    arrival at the sink. CPU time of the service, the broker and the bench comes from /proc.
 //! 4. **Latency.** M events at half the measured rate; publish → arrival percentiles, from the
-//!    `data.sent_at_us` the event carries and the workflow body echoes. A tap queue on the
-//!    actions exchange splits each latency at the action message (router side, worker side),
-//!    and a bare relay (the same two hops, confirms and acks, no work) gives the broker's floor.
+//!    `data.sent_at_us` the event carries and the workflow body echoes. With `--split`, a tap
+//!    queue on the actions exchange splits each latency at the action message (router side,
+//!    worker side). A bare relay (the same two hops, confirms and acks, no work) gives the
+//!    broker's floor.
 //! 5. **Clean-up.** SIGTERM to the child, then every queue and exchange of the run's prefix is
 //!    deleted (unless `--keep`).
 //!
@@ -94,10 +95,11 @@ struct Args {
     /// Give up on a phase when no action has arrived for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
-    /// No tap queue during the latency phase (the tap costs the broker one more, transient,
-    /// queue per action message; without it the router/worker split is not reported).
+    /// Split each latency at the action message (router side, worker side) with a tap queue on
+    /// the actions exchange. Off by default: the tap costs the broker one more queue per action
+    /// message and the bench one more consumer, CPU the service then has to share.
     #[arg(long)]
-    no_split: bool,
+    split: bool,
     /// Leave the broker's quorum write-ahead log alone. By default each measured phase starts on
     /// a fresh one (`rabbitmqctl eval 'ra_log_wal:force_roll_over(ra_log_wal).'`, when the
     /// broker runs here): the broker rolls it over every 512 MiB written and every queue pauses
@@ -112,7 +114,7 @@ struct Args {
     keep: bool,
     /// Write each latency-phase event's publish → arrival latency to this file (CSV: seq,
     /// sent_offset_ms, latency_ms, to_action_message_ms), to see when in the phase the slow ones
-    /// happened and on which side of the action message (empty without the tap).
+    /// happened and on which side of the action message (empty without `--split`).
     #[arg(long)]
     dump_latencies: Option<PathBuf>,
     /// Also print the report as one JSON object.
@@ -424,10 +426,10 @@ impl Phases<'_> {
     ) -> anyhow::Result<(Latency, Option<(Latency, Latency)>)> {
         let count = range.end - range.start;
         eprintln!("bench: latency, {count} events at {rate:.0}/s…");
-        let tap = if self.args.no_split {
-            None
-        } else {
+        let tap = if self.args.split {
             Some(amqp::Tap::start(&self.args.amqp_url, &self.topology.actions, "http").await?)
+        } else {
+            None
         };
         let (cpu_before, calls_before) = (self.cpu(), self.child.call_durations().await);
         let published = self.publish(range.clone(), Pace::PerSecond(rate)).await?;
