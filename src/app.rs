@@ -302,15 +302,30 @@ async fn session(
     role: Role,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let connection =
-        Arc::new(broker::connect(&app.config.amqp.url, &format!("switchyard {role:?}")).await?);
-    let setup = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    app.topology.declare(&setup).await?;
-    app.health.topology.store(true, Ordering::Relaxed);
-    let publisher = Publisher::open(&connection).await?;
+    let setting_up = async {
+        let connection = Arc::new(
+            broker::connect(
+                &app.config.amqp.url,
+                &format!("switchyard {role:?}"),
+                app.config.amqp.connect_timeout,
+            )
+            .await?,
+        );
+        let setup = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        app.topology.declare(&setup).await?;
+        app.health.topology.store(true, Ordering::Relaxed);
+        let publisher = Publisher::open(&connection).await?;
+        Ok::<_, BrokerError>((connection, setup, publisher))
+    };
+    // A stop request while the broker does not answer yet ends the session at once: nothing is
+    // in flight before the consumers start.
+    let (connection, setup, publisher) = tokio::select! {
+        ready = setting_up => ready?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
     app.health.connected.store(true, Ordering::Relaxed);
     app.metrics.broker_connected.set(1);
     info!("connected to the broker; topology declared");

@@ -215,7 +215,12 @@ fn print_preview(out: &mut impl Write, preview: Result<crate::connectors::Reques
 pub async fn topology(config: &Config, out: &mut impl Write) -> ExitCode {
     let topology = Topology::new(config);
     let result = async {
-        let connection = broker::connect(&config.amqp.url, "switchyard topology").await?;
+        let connection = broker::connect(
+            &config.amqp.url,
+            "switchyard topology",
+            config.amqp.connect_timeout,
+        )
+        .await?;
         let channel =
             connection
                 .create_channel()
@@ -279,7 +284,12 @@ pub async fn publish(
     let topology = Topology::new(config);
     let started = Instant::now();
     let result = async {
-        let connection = broker::connect(&config.amqp.url, "switchyard publish").await?;
+        let connection = broker::connect(
+            &config.amqp.url,
+            "switchyard publish",
+            config.amqp.connect_timeout,
+        )
+        .await?;
         let publisher = Publisher::open(&connection).await?;
         let mut window = std::collections::VecDeque::new();
         for i in 0..count {

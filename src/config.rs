@@ -13,6 +13,7 @@ amqp:
   url: amqp://guest:guest@127.0.0.1:5672/%2f
   prefix: switchyard
   queue_type: quorum
+  connect_timeout: 15s
 router:
   prefetch: 256
   max_event_bytes: 262144
@@ -108,6 +109,9 @@ pub struct AmqpConfig {
     pub prefix: String,
     /// The type of every queue declared.
     pub queue_type: QueueType,
+    /// How long opening a connection (TCP, TLS and the AMQP handshake) may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
 }
 
 /// The RabbitMQ queue type.
@@ -318,6 +322,9 @@ impl Config {
         if self.worker.concurrency == 0 {
             return Err("worker.concurrency must be at least 1".into());
         }
+        if self.amqp.connect_timeout.is_zero() {
+            return Err("amqp.connect_timeout must be more than 0s".into());
+        }
         if self.worker.max_per_host == Some(0) {
             return Err("worker.max_per_host must be at least 1".into());
         }
@@ -424,6 +431,7 @@ mod tests {
             .expect("defaults load");
         assert_eq!(c.amqp.prefix, "switchyard");
         assert_eq!(c.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(c.amqp.connect_timeout, Duration::from_secs(15));
         assert_eq!(c.router.prefetch, 256);
         assert_eq!(c.router.max_event_bytes, 262_144);
         assert_eq!(c.worker.connectors.len(), 5);

@@ -315,7 +315,12 @@ pub async fn run(config: &Config, command: Command, out: &mut impl Write) -> Exi
         return e.exit_code();
     }
     let result = async {
-        let connection = broker::connect(&config.amqp.url, "switchyard dlq").await?;
+        let connection = broker::connect(
+            &config.amqp.url,
+            "switchyard dlq",
+            config.amqp.connect_timeout,
+        )
+        .await?;
         let result = dispatch(&connection, &topology, command, out).await;
         broker::close_connection(&connection, 200, "done").await;
         result

@@ -10,8 +10,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{
-    Broker, FakeServer, Reply, TopologyGuard, event, http_get, run_switchyard, switchyard_command,
-    test_config_yaml, unique_prefix, wait_until, write_workflows_and_secrets,
+    Broker, DEADLINE, FakeServer, Process, Reply, TopologyGuard, event, http_get, run_switchyard,
+    switchyard_command, test_config_yaml, unique_prefix, wait_until, write_workflows_and_secrets,
 };
 use switchyard::Config;
 
@@ -252,6 +252,121 @@ async fn publish_to_an_unreachable_broker_exits_2() {
         !ran.stderr.contains(":guest@"),
         "the password is hidden: {ran:?}"
     );
+}
+
+/// A TCP listener that accepts connections, holds them open and never says a word: a wrong port,
+/// a wedged broker. Counts the connections it accepted.
+struct SilentListener {
+    url: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentListener {
+    async fn start() -> SilentListener {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a silent listener");
+        let port = listener.local_addr().expect("its address").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        SilentListener {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_against_a_broker_that_never_answers_exits_2_after_connect_timeout() {
+    let silent = SilentListener::start().await;
+    let ran = run_switchyard(
+        &["topology", "--config", "config/switchyard.yaml"],
+        &[
+            ("SWITCHYARD__AMQP__URL", &silent.url),
+            ("SWITCHYARD__AMQP__CONNECT_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(
+        ran.stderr.contains("no answer within 1s"),
+        "says what it waited for: {ran:?}"
+    );
+    assert!(
+        !ran.stderr.contains(":guest@"),
+        "the password is hidden: {ran:?}"
+    );
+    assert_eq!(silent.accepted(), 1, "it did reach the listener");
+}
+
+/// The service keeps trying a broker that accepts and never answers, says why, is not ready, and
+/// a SIGTERM while it waits on a connection stops it at once (not after amqp.connect_timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_retries_a_broker_that_never_answers_and_stops_while_connecting() {
+    let silent = SilentListener::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_workflows_and_secrets(dir.path(), "workflows: []\n", &[]);
+    let config_path = dir.path().join("switchyard.yaml");
+    let write = |timeout: &str| {
+        let yaml = test_config_yaml(
+            &unique_prefix("silent"),
+            dir.path(),
+            &format!(
+                "amqp: {{ url: '{}', connect_timeout: {timeout} }}\nlog: {{ level: info }}",
+                silent.url
+            ),
+        );
+        std::fs::write(&config_path, yaml).expect("write config");
+    };
+
+    // A short timeout: it gives up on each attempt, says why, and tries again.
+    write("1s");
+    let mut service = Process::spawn(&config_path, dir.path(), "short");
+    let readyz = format!("http://127.0.0.1:{}/readyz", service.port);
+    wait_until(
+        "a second connection attempt after a timed-out one",
+        async || {
+            service.assert_running();
+            silent.accepted() >= 2 && service.logs().contains("no answer within 1s")
+        },
+    )
+    .await;
+    let (status, _) = http_get(&readyz).await.expect("/readyz answers");
+    assert_eq!(status, 503, "not ready without a broker");
+    service.signal("TERM");
+    assert!(service.wait_exit(DEADLINE).await.success());
+
+    // A long one: the SIGTERM lands while it waits on the connection.
+    write("10m");
+    let before = silent.accepted();
+    let mut service = Process::spawn(&config_path, dir.path(), "long");
+    wait_until("a connection attempt", async || {
+        service.assert_running();
+        silent.accepted() > before
+    })
+    .await;
+    service.signal("TERM");
+    let status = service.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{status}:\n{}", service.logs());
 }
 
 /// Kills the child if the test ends early.

@@ -252,9 +252,13 @@ impl Setup {
             .build()
             .expect("a test runtime");
         let (connection, publisher) = runtime.block_on(async {
-            let connection = broker::connect(&config.amqp.url, "switchyard dlq test")
-                .await
-                .expect("the test broker on 127.0.0.1:5672 is up");
+            let connection = broker::connect(
+                &config.amqp.url,
+                "switchyard dlq test",
+                config.amqp.connect_timeout,
+            )
+            .await
+            .expect("the test broker on 127.0.0.1:5672 is up");
             let channel = connection.create_channel().await.expect("a channel");
             topology.declare(&channel).await.expect("topology declared");
             let publisher = Publisher::open(&connection).await.expect("a publisher");

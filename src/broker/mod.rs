@@ -82,6 +82,14 @@ pub enum BrokerError {
     /// A consumer stream ended (the channel was closed under us).
     #[error("consumer of {0} stopped")]
     ConsumerEnded(String),
+    /// The broker did not answer in time.
+    #[error("broker: {context}: no answer within {}", humantime::format_duration(*.after))]
+    Timeout {
+        /// What was being done.
+        context: String,
+        /// How long it waited.
+        after: Duration,
+    },
 }
 
 /// Attaches context to lapin errors.
@@ -359,12 +367,20 @@ impl Topology {
     }
 }
 
-/// Opens a connection named after the process role.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+/// Opens a connection named after the process role, within `timeout` (`amqp.connect_timeout`).
+pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .context(format!("connecting to {}", redact_url(url)))
+    let context = || format!("connecting to {}", redact_url(url));
+    // Bounded: something that accepts the TCP connection and never speaks AMQP (a wrong port, a
+    // wedged broker, a proxy) would otherwise hold a command, or the service's reconnect loop,
+    // forever and without a word.
+    match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
+        Ok(connected) => connected.context(context()),
+        Err(_) => Err(BrokerError::Timeout {
+            context: format!("{} (TCP and the AMQP handshake)", context()),
+            after: timeout,
+        }),
+    }
 }
 
 /// The broker URL without its password, for messages.
