@@ -366,6 +366,7 @@ async fn session(
     };
 
     let outcome = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => Ok(()),
         Some(ended) = loops.join_next() => Err(match ended {
             Ok(Err(e)) => e,
@@ -373,6 +374,15 @@ async fn session(
             Err(e) => BrokerError::ConsumerEnded(format!("a consumer loop panicked: {e}")),
         }),
         e = lost => Err(e),
+    };
+    // The consumer loops return as soon as their stop token, a child of `shutdown`, fires. When a
+    // stop was asked for, a loop that ended is that stop, not a lost broker: drain gracefully.
+    // (Without this, a loop that ended first made the session skip the drain and close at once,
+    // abandoning the calls in flight; tests/delivery.rs caught it.)
+    let outcome = if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        outcome
     };
     stop.cancel();
     depths.abort();
