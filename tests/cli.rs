@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{
@@ -258,7 +260,7 @@ async fn publish_to_an_unreachable_broker_exits_2() {
 /// a wedged broker. Counts the connections it accepted.
 struct SilentListener {
     url: String,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -268,12 +270,12 @@ impl SilentListener {
             .await
             .expect("bind a silent listener");
         let port = listener.local_addr().expect("its address").port();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 held.push(socket);
             }
         });
@@ -285,7 +287,7 @@ impl SilentListener {
     }
 
     fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
