@@ -6,9 +6,10 @@
 //! and what is left on the broker: matching records moved or removed, every other record still in
 //! the dead-letter queue with the same body and headers.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -27,8 +28,6 @@ use switchyard::broker::{self, Publisher, RETRY_TIER_HEADER, Topology, set_int, 
 
 /// One retry tier keeps the topology each test declares small.
 const SCHEDULE: &str = "5s";
-/// The longest a `switchyard dlq` command may run here.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The broker's redelivery counter, which quorum queues add to a record handed back by a pass.
 /// It is not part of the record.
@@ -322,31 +321,29 @@ impl Setup {
         self.run_with(args, &[])
     }
 
+    /// Through `support::run_switchyard`: from the repository root, without inherited
+    /// `SWITCHYARD*` variables, and bounded, so a command that never exits fails the test.
     fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        command
-            .current_dir(repo())
-            .args(["--config", "config/switchyard.yaml", "dlq"])
-            .args(args)
-            .env("SWITCHYARD__AMQP__PREFIX", &self.prefix)
-            .env("SWITCHYARD__RETRY__SCHEDULE", SCHEDULE);
-        for (k, v) in env {
-            command.env(k, v);
-        }
+        let command: Vec<&str> = ["--config", "config/switchyard.yaml", "dlq"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let mut envs = vec![
+            ("SWITCHYARD__AMQP__PREFIX", self.prefix.as_str()),
+            ("SWITCHYARD__RETRY__SCHEDULE", SCHEDULE),
+        ];
+        envs.extend_from_slice(env);
         let started = Instant::now();
-        // Bounded, so that a command that never exits fails this test instead of hanging the
-        // suite (`dlq replay` once finished its work and never exited).
-        let mut command = tokio::process::Command::from(command);
-        command.kill_on_drop(true);
-        let output = self.runtime.block_on(async {
-            tokio::time::timeout(COMMAND_DEADLINE, command.output())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("switchyard dlq {args:?} did not exit within {COMMAND_DEADLINE:?}")
-                })
-                .expect("the switchyard binary runs")
-        });
-        Ran::new(args, output, started.elapsed())
+        let ran = self
+            .runtime
+            .block_on(support::run_switchyard(&command, &envs));
+        Ran {
+            args: args.join(" "),
+            code: ran.code,
+            stdout: ran.stdout,
+            stderr: ran.stderr,
+            elapsed: started.elapsed(),
+        }
     }
 
     /// Every message in a queue, handed back unchanged (the channel closes unacked).
@@ -466,16 +463,6 @@ struct Ran {
 }
 
 impl Ran {
-    fn new(args: &[&str], output: Output, elapsed: Duration) -> Ran {
-        Ran {
-            args: args.join(" "),
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            elapsed,
-        }
-    }
-
     #[track_caller]
     fn ok(self) -> Ran {
         assert_eq!(self.code, Some(0), "dlq {} failed: {self:#?}", self.args);
