@@ -365,6 +365,10 @@ async fn session(
         BrokerError::ConsumerEnded("connection events".into())
     };
 
+    // Biased to the stop request: the consumer loops return as soon as their stop token, a
+    // child of `shutdown`, fires, so an ended loop is ready whenever a stop is; polled first, the
+    // stop wins and the session drains instead of taking the ended loop for a lost broker
+    // (tests/delivery.rs caught the random pick skipping the drain).
     let outcome = tokio::select! {
         biased;
         _ = shutdown.cancelled() => Ok(()),
@@ -374,15 +378,6 @@ async fn session(
             Err(e) => BrokerError::ConsumerEnded(format!("a consumer loop panicked: {e}")),
         }),
         e = lost => Err(e),
-    };
-    // The consumer loops return as soon as their stop token, a child of `shutdown`, fires. When a
-    // stop was asked for, a loop that ended is that stop, not a lost broker: drain gracefully.
-    // (Without this, a loop that ended first made the session skip the drain and close at once,
-    // abandoning the calls in flight; tests/delivery.rs caught it.)
-    let outcome = if shutdown.is_cancelled() {
-        Ok(())
-    } else {
-        outcome
     };
     stop.cancel();
     depths.abort();
