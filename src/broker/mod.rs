@@ -31,37 +31,27 @@ pub const RETRY_TIER_HEADER: &str = "x-switchyard-retry-tier";
 /// queue either way.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Closes a connection, waiting at most [`CLOSE_TIMEOUT`]; false when it gave up waiting.
-pub async fn close_connection(connection: &Connection, code: u16, text: &str) -> bool {
-    let closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, text.into()))
-        .await
-        .is_ok();
-    if !closed {
-        tracing::debug!(
-            timeout_s = CLOSE_TIMEOUT.as_secs(),
-            "no close-ok from the broker for the connection; dropping it as it is"
-        );
-    }
-    closed
+/// Closes a connection, waiting at most [`CLOSE_TIMEOUT`].
+pub async fn close_connection(connection: &Connection, code: u16, text: &str) {
+    within_close_timeout(connection.close(code, text.into()), "the connection").await;
 }
 
-/// Closes a channel if it is still open, waiting at most [`CLOSE_TIMEOUT`]; false when it gave
-/// up waiting.
-pub async fn close_channel(channel: &Channel, code: u16, text: &str) -> bool {
-    if !channel.status().connected() {
-        return true;
+/// Closes a channel if it is still open, waiting at most [`CLOSE_TIMEOUT`].
+pub async fn close_channel(channel: &Channel, code: u16, text: &str) {
+    if channel.status().connected() {
+        within_close_timeout(channel.close(code, text.into()), "a channel").await;
     }
-    let closed = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(code, text.into()))
-        .await
-        .is_ok();
-    if !closed {
+}
+
+/// Awaits a close for at most [`CLOSE_TIMEOUT`]; says so (debug) when it gave up.
+async fn within_close_timeout(close: impl Future, what: &str) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
         tracing::debug!(
-            channel = channel.id(),
+            what,
             timeout_s = CLOSE_TIMEOUT.as_secs(),
-            "no close-ok from the broker for the channel; dropping it as it is"
+            "no close-ok from the broker; dropping it as it is"
         );
     }
-    closed
 }
 
 /// Why a broker operation failed.
