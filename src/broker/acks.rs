@@ -338,26 +338,27 @@ mod tests {
         }
     }
 
+    /// Delivery `tag`, settled (or requeued) through a fake acker that records into `frames`.
+    fn settled(tag: u64, requeue: bool, frames: &Arc<Mutex<Vec<Frame>>>) -> Settled<FakeAcker> {
+        let acker = FakeAcker {
+            tag,
+            frames: frames.clone(),
+        };
+        Settled {
+            tag,
+            acker,
+            requeue,
+        }
+    }
+
     /// Drives a coalescer with `order` (tag, requeue) and replays its frames against a model of the
     /// broker: every frame may only cover settled tags, and every tag ends settled exactly once.
     async fn check(order: &[(u64, bool)], gap_every: Option<usize>) -> Vec<Frame> {
         let frames = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(Run::new("test", 16).serve(rx));
-        // What the coalescer has been told, as the broker model will check it.
-        let told = Arc::new(Mutex::new(Vec::new()));
         for (i, &(tag, requeue)) in order.iter().enumerate() {
-            told.lock().map(|mut t| t.push((tag, requeue))).ok();
-            let acker = FakeAcker {
-                tag,
-                frames: frames.clone(),
-            };
-            tx.send(Settled {
-                tag,
-                acker,
-                requeue,
-            })
-            .ok();
+            tx.send(settled(tag, requeue, &frames)).ok();
             if gap_every.is_some_and(|n| i % n == 0) {
                 tokio::time::sleep(PATIENCE * 2).await;
             }
@@ -427,16 +428,7 @@ mod tests {
         let task = tokio::spawn(Run::new("test", 1000).serve(rx));
         // Tag 1 is still in flight; 2..=10 settle.
         for tag in 2..=10 {
-            let acker = FakeAcker {
-                tag,
-                frames: frames.clone(),
-            };
-            tx.send(Settled {
-                tag,
-                acker,
-                requeue: false,
-            })
-            .ok();
+            tx.send(settled(tag, false, &frames)).ok();
         }
         tokio::time::sleep(PATIENCE * 2).await;
         let seen = frames.lock().map(|f| f.clone()).unwrap_or_default();
