@@ -230,9 +230,7 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         window: args.window,
         prefetch: args.ceiling_prefetch,
         ack_batch: args.ceiling_ack_batch,
-        wal_rollovers: wal_before
-            .zip(broker_pid.and_then(procfs::broker_wal))
-            .map(|(before, after)| after.saturating_sub(before)),
+        wal_rollovers: procfs::wal_rollovers(wal_before, broker_pid.and_then(procfs::broker_wal)),
     });
     if args.ceiling_only {
         return Ok(report);

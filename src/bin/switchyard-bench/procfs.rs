@@ -99,6 +99,13 @@ pub fn broker_wal(pid: u32) -> Option<u64> {
         .max()
 }
 
+/// Roll-overs between two [`broker_wal`] readings, when both were taken.
+pub fn wal_rollovers(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    before
+        .zip(after)
+        .map(|(before, after)| after.saturating_sub(before))
+}
+
 /// Asks the local broker to start a new quorum write-ahead log now (`rabbitmqctl eval
 /// 'ra_log_wal:force_roll_over(ra_log_wal).'`), so that the roll-over the broker would otherwise
 /// make in the middle of a phase, every 512 MiB written, falls between phases. A phase of a few
@@ -212,10 +219,7 @@ impl CpuSample {
                 let ours = service.unwrap_or(0.0) + broker.unwrap_or(0.0) + bench.unwrap_or(0.0);
                 (busy - ours).max(0.0) / 1000.0 / secs
             }),
-            wal_rollovers: self
-                .wal
-                .zip(later.wal)
-                .map(|(before, after)| after.saturating_sub(before)),
+            wal_rollovers: wal_rollovers(self.wal, later.wal),
         }
     }
 }
