@@ -570,15 +570,9 @@ impl Pass {
             .create_channel()
             .await
             .context("opening a channel")?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await;
+        let declared = ready_count(&channel, queue).await;
         let budget = match declared {
-            Ok(q) => q.message_count(),
+            Ok(count) => count,
             Err(e) if is_not_found(&e) => {
                 return Err(DlqError::Usage(format!(
                     "queue {queue} does not exist: check amqp.prefix (SWITCHYARD__AMQP__PREFIX), or run `switchyard topology`"
@@ -659,6 +653,16 @@ impl Pass {
                 )
                 .await
                 .context(format!("handing records back to {}", self.queue))?;
+            // The broker applies the requeue after this returns: wait (briefly) until the records
+            // are ready again, so that the next command sees them, not a queue that looks empty.
+            let until = tokio::time::Instant::now() + REQUEUE_WAIT;
+            while tokio::time::Instant::now() < until
+                && ready_count(&self.channel, &self.queue)
+                    .await
+                    .is_ok_and(|ready| ready < self.left())
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         // Closing would requeue them as well; a failure here loses nothing.
         broker::close_channel(&self.channel, 200, "done").await;
@@ -669,6 +673,21 @@ impl Pass {
     fn left(&self) -> u32 {
         self.budget.saturating_sub(self.removed)
     }
+}
+
+/// How long a pass waits, at its end, for the records it handed back to be ready again.
+const REQUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// Ready messages in `queue` (a passive declare).
+async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .map(|q| q.message_count())
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {
