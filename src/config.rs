@@ -17,6 +17,7 @@ amqp:
 router:
   prefetch: 256
   max_event_bytes: 262144
+  publish_linger: 2ms
 worker:
   connectors: [http, webhook, salesforce, mailchimp, braze]
   concurrency: 128
@@ -124,6 +125,10 @@ pub enum QueueType {
     Classic,
 }
 
+/// The longest `router.publish_linger`: it adds to every event's latency, and more batches little
+/// more.
+pub const MAX_PUBLISH_LINGER: Duration = Duration::from_millis(100);
+
 /// `router:` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +137,10 @@ pub struct RouterConfig {
     pub prefetch: u16,
     /// Larger events are rejected.
     pub max_event_bytes: usize,
+    /// How long an event's action messages may wait so that they go to the broker together with
+    /// those of events that arrived close to it (`0s`: each is published at once).
+    #[serde(deserialize_with = "de_duration")]
+    pub publish_linger: Duration,
 }
 
 /// `worker:` settings.
@@ -328,6 +337,13 @@ impl Config {
         if self.worker.max_per_host == Some(0) {
             return Err("worker.max_per_host must be at least 1".into());
         }
+        if self.router.publish_linger > MAX_PUBLISH_LINGER {
+            return Err(format!(
+                "router.publish_linger must be at most {}, got {}",
+                format_delay(MAX_PUBLISH_LINGER),
+                format_delay(self.router.publish_linger)
+            ));
+        }
         if self.router.prefetch == 0 || self.worker.prefetch == 0 {
             return Err("router.prefetch and worker.prefetch must be at least 1".into());
         }
@@ -434,6 +450,7 @@ mod tests {
         assert_eq!(c.amqp.connect_timeout, Duration::from_secs(15));
         assert_eq!(c.router.prefetch, 256);
         assert_eq!(c.router.max_event_bytes, 262_144);
+        assert_eq!(c.router.publish_linger, Duration::from_millis(2));
         assert_eq!(c.worker.connectors.len(), 5);
         assert_eq!(c.retry.schedule.len(), 7);
         assert_eq!(c.retry.schedule[2], Duration::from_secs(120));
@@ -461,6 +478,7 @@ mod tests {
                 ("SWITCHYARD__RETRY__SCHEDULE", "1s,2s"),
                 ("SWITCHYARD__SHUTDOWN_GRACE", "5s"),
                 ("SWITCHYARD__WORKER__MAX_PER_HOST", "3"),
+                ("SWITCHYARD__ROUTER__PUBLISH_LINGER", "0s"),
             ])),
         )
         .expect("loads");
@@ -473,6 +491,7 @@ mod tests {
         );
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.worker.per_host_limit(), 3);
+        assert_eq!(c.router.publish_linger, Duration::ZERO);
     }
 
     #[test]
@@ -486,6 +505,7 @@ mod tests {
             ("amqp:\n  queue_type: stream\n", "stream"),
             ("nonsense: 1\n", "nonsense"),
             ("worker:\n  max_per_host: 0\n", "worker.max_per_host"),
+            ("router:\n  publish_linger: 1s\n", "router.publish_linger"),
         ];
         for (yaml, needle) in cases {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
