@@ -78,6 +78,10 @@ struct Args {
     /// router.prefetch alone, overriding --prefetch for the router.
     #[arg(long)]
     router_prefetch: Option<u16>,
+    /// router.publish_linger of the service, e.g. 0s to publish each action message at once
+    /// (default: the service's own default).
+    #[arg(long, value_parser = switchyard::config::parse_duration)]
+    publish_linger: Option<Duration>,
     /// Tokio worker threads of the service (TOKIO_WORKER_THREADS, for the child only; default:
     /// one per CPU).
     #[arg(long)]
@@ -243,6 +247,7 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         concurrency: args.concurrency,
         worker_prefetch: args.prefetch,
         router_prefetch: args.router_prefetch.or(args.prefetch),
+        publish_linger: args.publish_linger,
         threads: args.service_threads,
     };
     let setup = service::write_files(
@@ -256,10 +261,12 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         concurrency: setup.config.worker.concurrency,
         worker_prefetch: setup.config.worker.prefetch,
         router_prefetch: setup.config.router.prefetch,
+        publish_linger_ms: setup.config.router.publish_linger.as_secs_f64() * 1000.0,
         threads: args.service_threads,
         defaults: args.concurrency.is_none()
             && args.prefetch.is_none()
             && args.router_prefetch.is_none()
+            && args.publish_linger.is_none()
             && args.service_threads.is_none(),
     });
     eprintln!(

@@ -43,6 +43,8 @@ pub struct Settings {
     pub worker_prefetch: u16,
     /// `router.prefetch`.
     pub router_prefetch: u16,
+    /// `router.publish_linger`, in milliseconds.
+    pub publish_linger_ms: f64,
     /// Tokio worker threads, when set (default: one per CPU).
     pub threads: Option<usize>,
     /// True when all of these are the service's defaults.
@@ -266,10 +268,11 @@ impl Report {
         if let Some(s) = &self.settings {
             let _ = writeln!(
                 out,
-                "service: worker.concurrency {}, worker.prefetch {}, router.prefetch {}, tokio worker threads {}{}",
+                "service: worker.concurrency {}, worker.prefetch {}, router.prefetch {}, router.publish_linger {} ms, tokio worker threads {}{}",
                 s.concurrency,
                 s.worker_prefetch,
                 s.router_prefetch,
+                s.publish_linger_ms,
                 s.threads
                     .map_or_else(|| format!("{}, one per CPU", self.cpus), |t| t.to_string()),
                 if s.defaults {

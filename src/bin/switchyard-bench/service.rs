@@ -19,6 +19,8 @@ pub struct Overrides {
     pub worker_prefetch: Option<u16>,
     /// `router.prefetch`.
     pub router_prefetch: Option<u16>,
+    /// `router.publish_linger`.
+    pub publish_linger: Option<Duration>,
     /// Tokio worker threads (`TOKIO_WORKER_THREADS`).
     pub threads: Option<usize>,
 }
@@ -86,8 +88,14 @@ pub fn write_files(
         quote(amqp_url),
         quote(prefix)
     );
-    if let Some(prefetch) = overrides.router_prefetch {
-        let _ = write!(yaml, "router:\n  prefetch: {prefetch}\n");
+    if overrides.router_prefetch.is_some() || overrides.publish_linger.is_some() {
+        yaml.push_str("router:\n");
+        if let Some(prefetch) = overrides.router_prefetch {
+            let _ = writeln!(yaml, "  prefetch: {prefetch}");
+        }
+        if let Some(linger) = overrides.publish_linger {
+            let _ = writeln!(yaml, "  publish_linger: {}us", linger.as_micros());
+        }
     }
     if overrides.concurrency.is_some() || overrides.worker_prefetch.is_some() {
         yaml.push_str("worker:\n");
