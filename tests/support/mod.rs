@@ -890,6 +890,18 @@ pub struct Ran {
     pub stderr: String,
 }
 
+impl Ran {
+    /// The command could not reach the broker: exit 2, an error that says `says`, and no password.
+    pub fn assert_broker_unreachable(&self, says: &str) {
+        assert_eq!(self.code, Some(2), "{self:?}");
+        assert!(self.stderr.contains(says), "says {says:?}: {self:?}");
+        assert!(
+            !self.stderr.contains(":guest@"),
+            "the password is hidden: {self:?}"
+        );
+    }
+}
+
 /// Runs the binary to completion (at most [`DEADLINE`] × 3) and captures its output.
 pub async fn run_switchyard(args: &[&str], envs: &[(&str, &str)]) -> Ran {
     let mut command = tokio::process::Command::from(switchyard_command(args, envs));
