@@ -20,6 +20,8 @@ import yaml
 CONNECTORS = {"http", "webhook", "salesforce", "mailchimp", "braze"}
 # What the AMQP URL Secret would hold; validate does not connect.
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
+# What the run-history Secret would hold (only its shape matters: `validate` does not connect).
+HISTORY_URL = "postgres://switchyard:secret@postgres:5432/switchyard"
 
 
 class Problem(Exception):
@@ -65,13 +67,25 @@ def remapper(mounts, root):
     return remap
 
 
+def expand(value, env):
+    """Kubernetes' $(NAME) references to variables defined earlier in the list."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
 def environment(container, remap):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for entry in container.get("env", []):
+        secret = "secretKeyRef" in entry.get("valueFrom", {})
         if "value" in entry:
-            env[entry["name"]] = remap(str(entry["value"]))
-        elif entry["name"] == "SWITCHYARD__AMQP__URL" and "secretKeyRef" in entry.get("valueFrom", {}):
+            env[entry["name"]] = remap(expand(str(entry["value"]), env))
+        elif entry["name"] == "SWITCHYARD__AMQP__URL" and secret:
             env[entry["name"]] = AMQP_URL
+        elif entry["name"].startswith("SWITCHYARD_AMQP_NODE_") and secret:
+            # One cluster node's URL (amqp.urlKeys), each on its own port.
+            node = int(entry["name"].rsplit("_", 1)[1])
+            env[entry["name"]] = f"amqp://guest:guest@127.0.0.1:{5672 + node}/%2f"
+        elif entry["name"] == "SWITCHYARD__HISTORY__URL" and "secretKeyRef" in entry.get("valueFrom", {}):
+            env[entry["name"]] = HISTORY_URL
         else:
             raise Problem(f"environment variable {entry['name']} comes from {entry.get('valueFrom')}, which this check cannot stand in for")
     return env
@@ -123,6 +137,12 @@ def check(deployment, configmaps, binary):
         config = yaml.safe_load(text) or {}
         check_probes(container, config)
         env = environment(container, remap)
+        nodes = [key for key in env if key.startswith("SWITCHYARD_AMQP_NODE_")]
+        url = env.get("SWITCHYARD__AMQP__URL", "")
+        if "$(" in url:
+            raise Problem(f"SWITCHYARD__AMQP__URL refers to a variable not defined before it: {url}")
+        if nodes and len(url.split(",")) != len(nodes):
+            raise Problem(f"SWITCHYARD__AMQP__URL lists {len(url.split(','))} nodes, not the {len(nodes)} of amqp.urlKeys")
         connectors = set()
         if role == "worker":
             listed = env.get("SWITCHYARD__WORKER__CONNECTORS", "")

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -20,11 +20,19 @@ use tracing::{error, info, warn};
 
 use crate::broker::{self, AmqpContext, BrokerError, Publisher, Topology};
 use crate::config::Config;
-use crate::connectors::{Connectors, HttpClient};
+use crate::connectors::{ConnectorKind, Connectors, HttpClient};
+use crate::faults::Faults;
+use crate::history::{History, HistoryError};
+use crate::net::Guard;
+use crate::server::Health;
+use crate::shared::Shared;
 use crate::telemetry::{Metrics, QueueLabel, ResultLabel};
 use crate::template::Engine;
-use crate::workflow::{self, Catalog, Problem, Severity};
+use crate::workflow::{Catalog, Problem, Severity};
 use crate::{router, secrets, server, worker};
+
+/// How long history may take to write what it holds when the service stops.
+const HISTORY_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// How often queue depths are refreshed.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
@@ -66,7 +74,7 @@ pub enum Error {
     },
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(#[from] crate::connectors::client::ClientError),
     /// The metrics endpoint could not listen.
     #[error("metrics.listen {addr}: {source}")]
     Listen {
@@ -79,55 +87,29 @@ pub enum Error {
     /// A broker operation failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A task of the service panicked; the service stopped (`main` exits non-zero).
+    #[error("a task panicked ({0}); the service stopped")]
+    Panicked(String),
+    /// `history.url` could not be resolved.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
-/// Readiness: all three must hold for `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// A broker connection is open.
-    pub connected: AtomicBool,
-    /// The topology was declared on it.
-    pub topology: AtomicBool,
-    /// A valid workflow set is loaded.
-    pub workflows: AtomicBool,
-}
-
-impl Health {
-    /// Whether the service can do its work.
-    pub fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-            && self.topology.load(Ordering::Relaxed)
-            && self.workflows.load(Ordering::Relaxed)
-    }
-}
-
-/// State shared by every task of the process.
-pub struct App {
-    /// The configuration.
-    pub config: Config,
-    /// Exchange and queue names.
-    pub topology: Topology,
-    /// The loaded workflows, swapped whole on reload.
-    pub catalog: workflow::Shared,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Outbound clients.
-    pub connectors: Connectors,
-    /// Template engine, kept for reloads.
-    pub engine: Engine,
-    /// Readiness.
-    pub health: Health,
-}
-
-impl App {
+impl Shared {
     /// Builds the state: secrets, workflows, metrics, clients. Fails on invalid workflows.
-    pub fn new(config: Config) -> Result<App, Error> {
+    pub fn new(config: Config, faults: Arc<Faults>) -> Result<Shared, Error> {
         let engine = Engine::new();
         let secrets = secrets::load(&config.secrets.dir).map_err(|source| Error::Secrets {
             path: config.secrets.dir.display().to_string(),
             source,
         })?;
-        let (catalog, problems) = Catalog::load(&config.workflows.paths, secrets, &engine);
+        let history_url = if config.history.enabled() {
+            Some(crate::history::resolve_url(&config.history.url, &secrets)?)
+        } else {
+            None
+        };
+        let guard = Guard::new(&config.http.allow_networks);
+        let (catalog, problems) = Catalog::load(&config.workflows.paths, secrets, &engine, &guard);
         for problem in problems.iter().filter(|p| p.severity != Severity::Error) {
             warn!(problem = %problem, "workflow lint");
         }
@@ -139,7 +121,7 @@ impl App {
                     .collect(),
             ));
         };
-        let metrics = Metrics::new(&crate::config::CONNECTORS);
+        let metrics = Metrics::new(&ConnectorKind::names());
         metrics.workflows_loaded.set(catalog.workflows.len() as i64);
         let connectors = Connectors::new(
             HttpClient::new(
@@ -149,15 +131,22 @@ impl App {
             )?,
             metrics.clone(),
         );
-        let health = Health::default();
+        let health = Arc::new(Health::default());
         health.workflows.store(true, Ordering::Relaxed);
-        Ok(App {
+        // Started last: nothing above can fail once the writer runs.
+        let history = match history_url {
+            Some(url) => History::start(&config.history, url, metrics.clone(), &faults),
+            None => History::off(),
+        };
+        Ok(Shared {
+            history,
             topology: Topology::new(&config),
             catalog: Arc::new(arc_swap::ArcSwap::from_pointee(catalog)),
             metrics,
             connectors,
             engine,
             health,
+            faults,
             config,
         })
     }
@@ -179,8 +168,12 @@ impl App {
                 )]);
             }
         };
-        let (catalog, problems) =
-            Catalog::load(&self.config.workflows.paths, secrets, &self.engine);
+        let (catalog, problems) = Catalog::load(
+            &self.config.workflows.paths,
+            secrets,
+            &self.engine,
+            &Guard::new(&self.config.http.allow_networks),
+        );
         for problem in problems.iter().filter(|p| p.severity != Severity::Error) {
             warn!(problem = %problem, "workflow lint");
         }
@@ -212,7 +205,7 @@ impl App {
 /// A started service.
 pub struct Service {
     /// Shared state (tests inspect it).
-    pub app: Arc<App>,
+    pub app: Arc<Shared>,
     /// Where `/metrics` listens.
     metrics_addr: SocketAddr,
     /// The supervisor.
@@ -226,7 +219,8 @@ impl Service {
         role: Role,
         shutdown: CancellationToken,
     ) -> Result<Service, Error> {
-        let app = Arc::new(App::new(config)?);
+        let faults = Faults::new(shutdown.clone());
+        let app = Arc::new(Shared::new(config, faults.clone())?);
         let addr = app.config.metrics.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -234,7 +228,15 @@ impl Service {
         let metrics_addr = listener
             .local_addr()
             .map_err(|source| Error::Listen { addr, source })?;
-        tokio::spawn(server::serve(listener, app.clone(), shutdown.clone()));
+        tokio::spawn(faults.guard(
+            "metrics server",
+            server::serve(
+                listener,
+                app.metrics.clone(),
+                app.health.clone(),
+                shutdown.clone(),
+            ),
+        ));
         info!(role = ?role, metrics = %metrics_addr, prefix = %app.config.amqp.prefix, "switchyard started");
         let task = tokio::spawn(supervise(app.clone(), role, shutdown));
         Ok(Service {
@@ -249,32 +251,53 @@ impl Service {
         self.metrics_addr
     }
 
-    /// Waits until the service has stopped.
+    /// Waits until the service has stopped (and history has
+    /// flushed what it holds). A panic in any of its tasks is an error
+    /// ([`Error::Panicked`]), never a clean stop.
     pub async fn wait(self) -> Result<(), Error> {
-        match self.task.await {
+        let ended = match self.task.await {
             Ok(result) => result,
-            Err(e) => {
-                error!(error = %e, "supervisor task failed");
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                self.app.faults.record("supervisor", panic.as_ref());
                 Ok(())
             }
+            Err(e) => {
+                error!(error = %e, "supervisor task cancelled");
+                Ok(())
+            }
+        };
+        self.app.history.close(HISTORY_FLUSH_GRACE).await;
+        match self.app.faults.panicked() {
+            Some(panic) => Err(Error::Panicked(panic)),
+            None => ended,
         }
     }
 }
 
-/// Keeps a broker session alive until shutdown, reconnecting with backoff.
-async fn supervise(app: Arc<App>, role: Role, shutdown: CancellationToken) -> Result<(), Error> {
+/// Keeps a broker session alive until shutdown, reconnecting with backoff. With several nodes in
+/// `amqp.url`, each attempt tries them in turn, starting after the node of the session that was
+/// lost (a node that just failed is the least likely to answer); the backoff grows only when no
+/// node answered.
+async fn supervise(app: Arc<Shared>, role: Role, shutdown: CancellationToken) -> Result<(), Error> {
     let backoff = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(15))
         .with_jitter()
         .without_max_times();
     let mut delays = backoff.build();
+    let nodes = app.config.amqp.url.len();
+    // Where the next attempt starts.
+    let mut first = 0;
     loop {
         let started = Instant::now();
-        let result = session(&app, role, &shutdown).await;
+        let mut on = None;
+        let result = session(&app, role, &shutdown, first, &mut on).await;
         app.health.connected.store(false, Ordering::Relaxed);
         app.health.topology.store(false, Ordering::Relaxed);
         app.metrics.broker_connected.set(0);
+        // A new connection starts unblocked; the broker says again if its alarm still holds.
+        app.metrics.broker_blocked.set(0);
         match result {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_cancelled() => {
@@ -286,7 +309,17 @@ async fn supervise(app: Arc<App>, role: Role, shutdown: CancellationToken) -> Re
                     delays = backoff.build();
                 }
                 let delay = delays.next().unwrap_or(Duration::from_secs(15));
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker session lost; reconnecting");
+                let node = on.map(|i| broker::node_label(&app.config.amqp.url[i]));
+                if let Some(lost) = on {
+                    first = (lost + 1) % nodes;
+                }
+                warn!(
+                    error = %e,
+                    node = node.as_deref().unwrap_or("none"),
+                    next_node = %broker::node_label(&app.config.amqp.url[first]),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "broker session lost; reconnecting"
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}
@@ -296,26 +329,30 @@ async fn supervise(app: Arc<App>, role: Role, shutdown: CancellationToken) -> Re
     }
 }
 
-/// One connection's life: declare, consume, and either drain gracefully or fail.
+/// One connection's life: declare, consume, and either drain gracefully or fail. The node it
+/// connected to (an index into `amqp.url`) is left in `on`, for the supervisor's next attempt.
 async fn session(
-    app: &Arc<App>,
+    app: &Arc<Shared>,
     role: Role,
     shutdown: &CancellationToken,
+    first: usize,
+    on: &mut Option<usize>,
 ) -> Result<(), BrokerError> {
     let setting_up = async {
-        let connection = Arc::new(
-            broker::connect(
-                &app.config.amqp.url,
-                &format!("switchyard {role:?}"),
-                app.config.amqp.connect_timeout,
-            )
-            .await?,
-        );
+        let broker::Connected { connection, node } = broker::connect_from(
+            &app.config.amqp.url,
+            first,
+            &format!("switchyard {role:?}"),
+            app.config.amqp.connect_timeout,
+        )
+        .await?;
+        *on = Some(node);
+        let connection = Arc::new(connection);
+        app.topology.declare(&connection).await?;
         let setup = connection
             .create_channel()
             .await
             .context("opening a channel")?;
-        app.topology.declare(&setup).await?;
         app.health.topology.store(true, Ordering::Relaxed);
         let publisher = Publisher::open(&connection).await?;
         Ok::<_, BrokerError>((connection, setup, publisher))
@@ -328,7 +365,11 @@ async fn session(
     };
     app.health.connected.store(true, Ordering::Relaxed);
     app.metrics.broker_connected.set(1);
-    info!("connected to the broker; topology declared");
+    let node = on.map(|i| broker::node_label(&app.config.amqp.url[i]));
+    info!(
+        node = node.as_deref().unwrap_or("none"),
+        "connected to the broker; topology declared"
+    );
 
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
@@ -351,15 +392,32 @@ async fn session(
             tracker.clone(),
         ));
     }
-    let depths = tokio::spawn(refresh_depths(app.clone(), setup.clone(), stop.clone()));
+    let depths = tokio::spawn(app.faults.guard(
+        "queue depths",
+        refresh_depths(app.clone(), setup.clone(), stop.clone()),
+    ));
     let mut events = connection.events_listener();
     let lost = async {
         while let Some(event) = events.next().await {
-            if let lapin::Event::Error(e) = event {
-                return BrokerError::Amqp {
-                    context: "connection".into(),
-                    source: e,
-                };
+            match event {
+                lapin::Event::Error(e) => {
+                    return BrokerError::Amqp {
+                        context: "connection".into(),
+                        source: e,
+                    };
+                }
+                lapin::Event::ConnectionBlocked(reason) => {
+                    app.metrics.broker_blocked.set(1);
+                    warn!(
+                        reason = %reason,
+                        "the broker blocks publishing (a resource alarm): the router and retries wait until it lifts"
+                    );
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    app.metrics.broker_blocked.set(0);
+                    info!("the broker accepts publishes again");
+                }
+                _ => {}
             }
         }
         BrokerError::ConsumerEnded("connection events".into())
@@ -417,7 +475,7 @@ async fn session(
 }
 
 /// Refreshes `switchyard_queue_messages` every 15 s with passive declares.
-async fn refresh_depths(app: Arc<App>, channel: lapin::Channel, stop: CancellationToken) {
+async fn refresh_depths(app: Arc<Shared>, channel: lapin::Channel, stop: CancellationToken) {
     let queues = app.topology.all_queues();
     loop {
         for queue in &queues {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::connectors::ConnectorKind;
+
 /// The defaults, as YAML: the same values `config/switchyard.yaml` documents.
 const DEFAULTS: &str = r#"
 amqp:
@@ -19,7 +21,6 @@ router:
   max_event_bytes: 262144
   publish_linger: 2ms
 worker:
-  connectors: [http, webhook, salesforce, mailchimp, braze]
   concurrency: 128
   prefetch: 256
 retry:
@@ -31,6 +32,8 @@ http:
   max_response_bytes: 1048576
   max_body_bytes: 1048576
   allow_networks: []
+  proxy: ""
+  no_proxy: ""
 metrics:
   listen: 0.0.0.0:9464
 log:
@@ -41,10 +44,17 @@ workflows:
   paths: [config/workflows]
 secrets:
   dir: /var/run/secrets/switchyard
+history:
+  url: ""
+  retention: 30d
+  response_excerpt: 4KiB
+  store_payloads: true
+  buffer_rows: 100000
 "#;
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 5] = [
+    "amqp.url",
     "worker.connectors",
     "retry.schedule",
     "http.allow_networks",
@@ -98,14 +108,19 @@ pub struct Config {
     pub workflows: WorkflowsConfig,
     /// Where secrets are read from (besides `SWITCHYARD_SECRET_*`).
     pub secrets: SecretsConfig,
+    /// Run history in PostgreSQL (SPEC §9).
+    pub history: HistoryConfig,
 }
 
 /// `amqp:` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// `amqp://` or `amqps://` URL, with credentials and vhost.
-    pub url: String,
+    /// The broker's nodes: one `amqp://` or `amqps://` URL (with credentials and vhost), or one per
+    /// node of a cluster, tried in turn when a connection fails. Written as a list, or as one string
+    /// with the URLs separated by commas (`SWITCHYARD__AMQP__URL`).
+    #[serde(deserialize_with = "de_urls")]
+    pub url: Vec<String>,
     /// The first part of every exchange and queue name.
     pub prefix: String,
     /// The type of every queue declared.
@@ -113,6 +128,15 @@ pub struct AmqpConfig {
     /// How long opening a connection (TCP, TLS and the AMQP handshake) may take.
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
+    /// Replicas of each quorum queue at creation (`x-quorum-initial-group-size`); unset leaves
+    /// RabbitMQ's own default (every node of the cluster).
+    #[serde(default)]
+    pub quorum_replicas: Option<u32>,
+    /// The RabbitMQ management API, where `switchyard topology` reads each queue's leader; unset
+    /// means the node `topology` connected to, on port 15672 (15671 with `amqps://`), with the
+    /// credentials of its `amqp.url`.
+    #[serde(default)]
+    pub management_url: Option<String>,
 }
 
 /// The RabbitMQ queue type.
@@ -143,11 +167,17 @@ pub struct RouterConfig {
     pub publish_linger: Duration,
 }
 
+/// The default `worker.connectors`: every connector, in queue order.
+fn every_connector() -> Vec<String> {
+    ConnectorKind::names().map(str::to_owned).to_vec()
+}
+
 /// `worker:` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// The action queues this process consumes.
+    /// The action queues this process consumes (default: every [`ConnectorKind`]).
+    #[serde(default = "every_connector")]
     pub connectors: Vec<String>,
     /// In-flight actions per process.
     pub concurrency: usize,
@@ -194,6 +224,11 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// CIDRs exempt from the private-network block.
     pub allow_networks: Vec<String>,
+    /// The proxy of every outbound request (`http://host:port`); empty: `HTTPS_PROXY` /
+    /// `HTTP_PROXY` from the environment, or none.
+    pub proxy: String,
+    /// Hosts, domains and CIDRs that skip the proxy (as `NO_PROXY`); empty: `NO_PROXY`.
+    pub no_proxy: String,
 }
 
 /// `metrics:` settings.
@@ -240,8 +275,48 @@ pub struct SecretsConfig {
     pub dir: PathBuf,
 }
 
-/// The connectors switchyard knows, in queue order.
-pub const CONNECTORS: [&str; 5] = ["http", "webhook", "salesforce", "mailchimp", "braze"];
+/// `history:` settings (SPEC §9).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// `postgres://…`; empty turns history off. May be, or contain, `{{ secrets.NAME }}`.
+    pub url: String,
+    /// How long attempts are kept, in whole days: an expired day's partition is dropped whole.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    /// Bytes kept of each response body, after redaction.
+    #[serde(deserialize_with = "de_bytes")]
+    pub response_excerpt: usize,
+    /// Whether each event's JSON is kept (for `runs show` and `runs replay`).
+    pub store_payloads: bool,
+    /// Rows that may wait for PostgreSQL; beyond this they are dropped and counted.
+    pub buffer_rows: usize,
+}
+
+impl HistoryConfig {
+    /// Whether history is on.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// `retention` in days.
+    pub fn retention_days(&self) -> u32 {
+        u32::try_from(self.retention.as_secs() / 86_400).unwrap_or(u32::MAX)
+    }
+}
+
+// The URL carries a password: never printed.
+impl std::fmt::Debug for HistoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryConfig")
+            .field("enabled", &self.enabled())
+            .field("retention", &self.retention)
+            .field("response_excerpt", &self.response_excerpt)
+            .field("store_payloads", &self.store_payloads)
+            .field("buffer_rows", &self.buffer_rows)
+            .finish()
+    }
+}
 
 impl Config {
     /// Loads defaults, then `path` (which must exist unless it is the default path), then the
@@ -305,8 +380,35 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
-            return Err("amqp.url must start with amqp:// or amqps://".into());
+        if self.amqp.url.is_empty() {
+            return Err("amqp.url needs at least one node URL".into());
+        }
+        for (i, url) in self.amqp.url.iter().enumerate() {
+            crate::broker::check_url(url).map_err(|e| {
+                let entry = match self.amqp.url.len() {
+                    1 => "amqp.url".to_owned(),
+                    _ => format!("amqp.url entry {}", i + 1),
+                };
+                format!("{entry} ({}): {e}", crate::broker::redact_url(url))
+            })?;
+        }
+        match (self.amqp.quorum_replicas, self.amqp.queue_type) {
+            (Some(0), _) => return Err("amqp.quorum_replicas must be at least 1".into()),
+            (Some(_), QueueType::Classic) => {
+                return Err(
+                    "amqp.quorum_replicas applies to quorum queues only (amqp.queue_type is classic)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.amqp.management_url {
+            crate::broker::management::check_url(url).map_err(|e| {
+                format!(
+                    "amqp.management_url ({}): {e}",
+                    crate::broker::redact_url(url)
+                )
+            })?;
         }
         let prefix_ok = !self.amqp.prefix.is_empty()
             && self
@@ -321,10 +423,10 @@ impl Config {
             ));
         }
         for connector in &self.worker.connectors {
-            if !CONNECTORS.contains(&connector.as_str()) {
+            if ConnectorKind::from_name(connector).is_none() {
                 return Err(format!(
                     "worker.connectors: unknown connector {connector:?} (known: {})",
-                    CONNECTORS.join(", ")
+                    ConnectorKind::list(|_| true)
                 ));
             }
         }
@@ -363,6 +465,36 @@ impl Config {
             crate::net::parse_cidr(cidr)
                 .map_err(|e| format!("http.allow_networks: {cidr:?}: {e}"))?;
         }
+        crate::connectors::proxy::ProxyRules::new(&self.http.proxy, &self.http.no_proxy)
+            .map_err(|e| e.to_string())?;
+        self.validate_history()
+    }
+
+    fn validate_history(&self) -> Result<(), String> {
+        let history = &self.history;
+        let url = history.url.trim();
+        let templated = url.starts_with("{{");
+        let accepted = url.is_empty()
+            || templated
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://");
+        if !accepted {
+            // Only the scheme is quoted: the rest may hold a password.
+            return Err(
+                "history.url must start with postgres:// or postgresql:// (or be {{ secrets.NAME }}), or be empty to turn history off"
+                    .into(),
+            );
+        }
+        let secs = history.retention.as_secs();
+        if secs == 0 || !secs.is_multiple_of(86_400) || history.retention.subsec_nanos() != 0 {
+            return Err(format!(
+                "history.retention must be a whole number of days (30d), got {}",
+                humantime::format_duration(history.retention)
+            ));
+        }
+        if history.buffer_rows == 0 {
+            return Err("history.buffer_rows must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -379,6 +511,44 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e})"))
+}
+
+/// Parses a byte size: `4096`, `512B`, `4KiB`, `1MiB` (also `KB`/`MB`, read as 1000s).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (4KiB, 512B, 4096)"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (B, KiB, MiB)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BytesRepr {
+    Text(String),
+    Count(usize),
+}
+
+/// Deserialises a size written as `4KiB` or a number of bytes.
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match BytesRepr::deserialize(d)? {
+        BytesRepr::Text(text) => parse_bytes(&text).map_err(serde::de::Error::custom),
+        BytesRepr::Count(count) => Ok(count),
+    }
 }
 
 /// Formats a delay the way retry queues are named: `5s`, `2m`, `6h`, `1500ms`.
@@ -423,6 +593,28 @@ pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
         .transpose()
 }
 
+/// Deserialises `amqp.url`: a list of URLs, or one string of comma-separated URLs (which is also
+/// what a single URL is). Blanks around the commas are ignored.
+fn de_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    let urls = match Urls::deserialize(d)? {
+        Urls::One(text) => vec![text],
+        Urls::Many(list) => list,
+    };
+    Ok(urls
+        .iter()
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<DurationRepr>::deserialize(d)?
         .into_iter()
@@ -458,6 +650,28 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.worker.per_host_limit(), 64, "half of concurrency 128");
+        assert!(!c.history.enabled(), "history is off by default");
+        assert_eq!(c.history.retention_days(), 30);
+        assert_eq!(c.history.response_excerpt, 4096);
+        assert!(c.history.store_payloads);
+    }
+
+    #[test]
+    fn history_settings_are_checked() {
+        let c = Config::from_yaml(
+            "history:\n  url: \"{{ secrets.HISTORY_URL }}\"\n  retention: 7d\n  response_excerpt: 1KiB\n",
+        )
+        .expect("loads");
+        assert!(c.history.enabled());
+        assert_eq!(c.history.retention_days(), 7);
+        assert_eq!(c.history.response_excerpt, 1024);
+        let shown = format!(
+            "{:?}",
+            Config::from_yaml("history:\n  url: postgres://u:hunter22@db/x\n").expect("loads")
+        );
+        assert!(!shown.contains("hunter22"), "{shown}");
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("2MiB"), Ok(2 * 1024 * 1024));
     }
 
     #[test]
@@ -506,11 +720,97 @@ mod tests {
             ("nonsense: 1\n", "nonsense"),
             ("worker:\n  max_per_host: 0\n", "worker.max_per_host"),
             ("router:\n  publish_linger: 1s\n", "router.publish_linger"),
+            ("history:\n  url: mysql://x\n", "history.url"),
+            ("history:\n  retention: 36h\n", "history.retention"),
+            ("history:\n  response_excerpt: 4 parsecs\n", "parsecs"),
+            ("history:\n  buffer_rows: 0\n", "history.buffer_rows"),
         ];
+        assert_refused(&cases);
+    }
+
+    /// Each YAML is refused with an error that contains its needle, and never the password
+    /// `hunter2`.
+    fn assert_refused(cases: &[(&str, &str)]) {
         for (yaml, needle) in cases {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.contains(needle), "{yaml:?} gave {err:?}");
+            assert!(!err.contains("hunter2"), "{yaml:?} gave {err:?}");
         }
+    }
+
+    #[test]
+    fn amqp_url_takes_one_url_a_list_or_comma_separated_urls() {
+        let one = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let c = Config::from_yaml("").expect("defaults");
+        assert_eq!(c.amqp.url, vec![one]);
+        assert_eq!(c.amqp.quorum_replicas, None, "RabbitMQ's own by default");
+        let c = Config::from_yaml("amqp:\n  url: [amqp://a:5672, 'amqps://u:p@b:5671/v']\n")
+            .expect("a list");
+        assert_eq!(c.amqp.url, vec!["amqp://a:5672", "amqps://u:p@b:5671/v"]);
+        let c = Config::from_yaml("amqp:\n  url: 'amqp://a:1/%2f, amqp://b:2/%2f,'\n")
+            .expect("a comma-separated string");
+        assert_eq!(c.amqp.url, vec!["amqp://a:1/%2f", "amqp://b:2/%2f"]);
+        // The environment replaces the file's list whole, whatever its length.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.yaml");
+        std::fs::write(&path, "amqp:\n  url: [amqp://a, amqp://b, amqp://c]\n").expect("write");
+        let load = |value: &str| {
+            Config::load_with_env(&path, true, Some(env(&[("SWITCHYARD__AMQP__URL", value)])))
+                .expect("loads")
+                .amqp
+                .url
+        };
+        assert_eq!(load(one), vec![one]);
+        assert_eq!(
+            load("amqp://x:1/%2f,amqp://y:2/%2f"),
+            vec!["amqp://x:1/%2f", "amqp://y:2/%2f"]
+        );
+    }
+
+    #[test]
+    fn a_bad_node_url_is_named_without_its_password() {
+        let cases = [
+            (
+                "amqp:\n  url: [amqp://a, 'http://u:hunter2@b']\n",
+                "amqp.url entry 2 (http://u:***@b/): must start with amqp://",
+            ),
+            (
+                "amqp:\n  url: 'amqp://a, amqp://u:hunter2@b:notaport/%2f'\n",
+                "amqp.url entry 2 (amqp://u:***@b:notaport/%2f)",
+            ),
+            (
+                "amqp:\n  url: 'amqp://u:hunter2@'\n",
+                "amqp.url (amqp://u:***@)",
+            ),
+            ("amqp:\n  url: []\n", "amqp.url needs at least one node URL"),
+            (
+                "amqp:\n  url: ' , '\n",
+                "amqp.url needs at least one node URL",
+            ),
+        ];
+        assert_refused(&cases);
+    }
+
+    #[test]
+    fn quorum_replicas_and_management_url_are_checked() {
+        let c = Config::from_yaml("amqp:\n  quorum_replicas: 3\n").expect("3 replicas");
+        assert_eq!(c.amqp.quorum_replicas, Some(3));
+        let cases = [
+            (
+                "amqp:\n  quorum_replicas: 0\n",
+                "amqp.quorum_replicas must be at least 1",
+            ),
+            (
+                "amqp:\n  quorum_replicas: 2\n  queue_type: classic\n",
+                "quorum queues only",
+            ),
+            ("amqp:\n  quorum_replicas: -1\n", "quorum_replicas"),
+            (
+                "amqp:\n  management_url: 'ftp://u:hunter2@h'\n",
+                "amqp.management_url (ftp://u:***@h/): must start with http://",
+            ),
+        ];
+        assert_refused(&cases);
     }
 
     #[test]

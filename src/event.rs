@@ -228,6 +228,10 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     /// `workspace.id`.
     pub workspace: String,
+    /// True when `body` is the message's JSON as published (its `type` was the main name, so
+    /// nothing was rewritten): run history then keeps the message's own bytes instead of
+    /// serialising `body` again.
+    pub verbatim: bool,
 }
 
 impl Event {
@@ -285,7 +289,8 @@ impl Event {
                 });
             }
         }
-        if kind.name != type_name {
+        let verbatim = kind.name == type_name;
+        if !verbatim {
             fields.insert("type".into(), Value::String(kind.name.into()));
         }
         Ok(Event {
@@ -294,6 +299,7 @@ impl Event {
             kind,
             occurred_at,
             workspace,
+            verbatim,
         })
     }
 
@@ -369,6 +375,7 @@ mod tests {
         assert_eq!(e.workspace, "ws_demo");
         assert_eq!(e.card_id(), Some("card_42"));
         assert_eq!(e.body["extra"]["kept"], Value::Bool(true));
+        assert!(e.verbatim, "nothing was rewritten");
     }
 
     #[test]
@@ -377,6 +384,7 @@ mod tests {
         let e = Event::parse(raw.as_bytes(), 262_144).expect("valid");
         assert_eq!(e.kind.name, "Prize.Won");
         assert_eq!(e.body["type"], "Prize.Won");
+        assert!(!e.verbatim, "an alias is rewritten");
     }
 
     #[test]

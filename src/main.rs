@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{Role, Service, cli, dlq, telemetry};
+use switchyard::commands::{self, dlq};
+use switchyard::{Role, Service, reload, runs, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -51,10 +52,22 @@ enum Command {
     },
     /// Declares the exchanges and queues and prints them.
     Topology,
+    /// Makes the running service with this --config re-read its workflow files and secrets
+    /// (SIGHUP, without a shell or `kill`), and says whether it took them.
+    Reload {
+        /// The service's process id (default: found in /proc by its --config).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Browses and repairs the dead-letter queue: stats, list, show, replay, export, purge.
     Dlq {
         #[command(subcommand)]
         command: dlq::Command,
+    },
+    /// Run history (needs history.url): list, show and replay actions.
+    Runs {
+        #[command(subcommand)]
+        command: runs::Command,
     },
 }
 
@@ -66,13 +79,13 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(cli::USER_ERROR)
+                ExitCode::from(commands::USER_ERROR)
             } else {
                 ExitCode::SUCCESS
             };
         }
     };
-    let config = match cli::load_config(&args.config) {
+    let config = match commands::load_config(&args.config) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -89,18 +102,23 @@ fn main() -> ExitCode {
     let mut out = std::io::stdout();
     match args.command {
         Command::Run { role } => runtime.block_on(run(config, role)),
-        Command::Validate => cli::validate(&config, &mut out),
-        Command::Test { event } => cli::dry_run(&config, &event, &mut out),
+        Command::Validate => commands::validate(&config, &mut out),
+        Command::Test { event } => commands::dry_run(&config, &event, &mut out),
         Command::Publish { event, count, rate } => {
-            runtime.block_on(cli::publish(&config, &event, count, rate, &mut out))
+            runtime.block_on(commands::publish(&config, &event, count, rate, &mut out))
         }
-        Command::Topology => runtime.block_on(cli::topology(&config, &mut out)),
+        Command::Topology => runtime.block_on(commands::topology(&config, &mut out)),
         Command::Dlq { command } => runtime.block_on(dlq::run(&config, command, &mut out)),
+        Command::Reload { pid } => {
+            runtime.block_on(reload::reload(&config, &args.config, pid, &mut out))
+        }
+        Command::Runs { command } => runtime.block_on(runs::run(&config, command, &mut out)),
     }
 }
 
 async fn run(config: switchyard::Config, role: Role) -> ExitCode {
-    telemetry::init_logging(&config.log);
+    // Kept until `run` returns: dropping it writes out the log lines still queued.
+    let _log = telemetry::init_logging(&config.log);
     // Installed before anything starts: until a handler exists, SIGHUP's default action would
     // kill the process, and `/readyz` can answer before a task spawned later has run.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -109,11 +127,12 @@ async fn run(config: switchyard::Config, role: Role) -> ExitCode {
         Ok(service) => service,
         Err(e) => {
             error!(error = %e, "cannot start");
-            return ExitCode::from(cli::USER_ERROR);
+            return ExitCode::from(commands::USER_ERROR);
         }
     };
     let app = service.app.clone();
-    tokio::spawn(async move {
+    let faults = app.faults.clone();
+    tokio::spawn(faults.guard("reload on SIGHUP", async move {
         let mut hangup = match hangup {
             Ok(signal) => signal,
             Err(e) => {
@@ -131,18 +150,24 @@ async fn run(config: switchyard::Config, role: Role) -> ExitCode {
                 }
             }
         }
-    });
+    }));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        info!("shutting down");
+        // Cancelled first: nothing, not even logging, may stand between a stop request and the
+        // drain.
         stop.cancel();
+        info!("shutting down");
     });
     match service.wait().await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ switchyard::app::Error::Panicked(_)) => {
+            error!(error = %e, exit_status = switchyard::faults::PANICKED, "exiting after a panic");
+            ExitCode::from(switchyard::faults::PANICKED)
+        }
         Err(e) => {
             error!(error = %e, "stopped with an error");
-            ExitCode::from(cli::UNREACHABLE)
+            ExitCode::from(commands::UNREACHABLE)
         }
     }
 }

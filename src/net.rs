@@ -152,30 +152,87 @@ pub fn forbidden(addr: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Why a name could not be resolved to checked addresses.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The lookup failed.
+    #[error(transparent)]
+    Lookup(#[from] std::io::Error),
+    /// An address is forbidden.
+    #[error(transparent)]
+    Blocked(#[from] Blocked),
+}
+
+impl ResolveError {
+    /// The error itself, unwrapped, so that [`find_blocked`] finds a [`Blocked`] in the chain
+    /// reqwest builds around it (a transparent wrapper would hide it).
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync> {
+        match self {
+            ResolveError::Lookup(e) => Box::new(e),
+            ResolveError::Blocked(b) => Box::new(b),
+        }
+    }
+}
+
+impl Guard {
+    /// Resolves `host` and refuses it if any of its addresses is forbidden.
+    pub async fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        self.check_all(host, &addrs)?;
+        Ok(addrs)
+    }
+
+    /// As [`Guard::resolve`], blocking: for reqwest's redirect policy, which cannot wait.
+    pub fn resolve_blocking(&self, host: &str) -> Result<(), ResolveError> {
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<SocketAddr> = (host, 0).to_socket_addrs()?.collect();
+        Ok(self.check_all(host, &addrs)?)
+    }
+
+    fn check_all(&self, host: &str, addrs: &[SocketAddr]) -> Result<(), Blocked> {
+        addrs
+            .iter()
+            .try_for_each(|addr| self.check(host, addr.ip()))
+    }
+}
+
 /// A reqwest resolver that only ever returns checked addresses.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     /// The rules.
     guard: Arc<Guard>,
+    /// Names resolved without the check: the HTTP proxies (infrastructure an operator set, not an
+    /// action's target, which [`crate::connectors::proxy`] checks instead).
+    exempt: Arc<[String]>,
 }
 
 impl GuardedResolver {
-    /// A resolver applying `guard`.
-    pub fn new(guard: Arc<Guard>) -> GuardedResolver {
-        GuardedResolver { guard }
+    /// A resolver applying `guard` to every name but `exempt`.
+    pub fn new(guard: Arc<Guard>, exempt: Vec<String>) -> GuardedResolver {
+        GuardedResolver {
+            guard,
+            exempt: exempt.into(),
+        }
     }
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.guard.clone();
+        let exempt = self
+            .exempt
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.as_str()));
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            for addr in &addrs {
-                guard.check(&host, addr.ip())?;
-            }
+            let host = name.as_str();
+            let addrs = if exempt {
+                tokio::net::lookup_host((host, 0)).await?.collect()
+            } else {
+                guard
+                    .resolve(host)
+                    .await
+                    .map_err(ResolveError::into_inner)?
+            };
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
         })

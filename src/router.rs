@@ -11,22 +11,25 @@ use lapin::{BasicProperties, Connection};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use tracing::{debug, error, warn};
 
-use crate::app::App;
 use crate::broker::acks::Acks;
-use crate::broker::message::{ActionMessageRef, action_id};
+use crate::broker::message::ActionMessageRef;
 use crate::broker::{AmqpContext, BrokerError, PendingConfirm, Publisher, set_str};
+use crate::delivery;
 use crate::event::{Event, Rejection};
+use crate::history::{self, EventRecord};
+use crate::shared::Shared;
 use crate::telemetry::{ConnectorLabel, ReasonLabel, TypeLabel};
-use crate::workflow::Catalog;
+use crate::trace::TraceContext;
 
-/// The action id webhooks deliveries use.
-pub const WEBHOOK_ACTION: &str = "deliver";
+/// The action id webhook deliveries use (its home is the plan).
+pub use crate::delivery::WEBHOOK_ACTION;
 
 /// Consumes the router queue until `stop`; returns an error when the channel fails.
 pub async fn run(
-    app: Arc<App>,
+    app: Arc<Shared>,
     connection: Arc<Connection>,
     publisher: Publisher,
     stop: CancellationToken,
@@ -49,7 +52,13 @@ pub async fn run(
         )
         .await
         .context(format!("consuming {}", app.topology.router))?;
-    let acks = Acks::spawn(&tracker, channel, "router", app.config.router.prefetch);
+    let acks = Acks::spawn(
+        &tracker,
+        &app.faults,
+        channel,
+        "router",
+        app.config.router.prefetch,
+    );
     // A task that could not publish reports here: the channel is gone, the session must restart.
     let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<BrokerError>(1);
     let linger = Linger::new(app.config.router.publish_linger);
@@ -77,16 +86,27 @@ pub async fn run(
             acks.clone(),
             failed_tx.clone(),
         );
-        tracker.spawn(async move {
-            match route(&app, &publisher, linger, &delivery).await {
-                Ok(routed) => settle(&app, &acks, delivery, routed).await,
-                Err(e) => {
-                    // Whatever it published is repeated when the event comes back.
-                    acks.requeue(delivery);
-                    let _ = failed_tx.try_send(e);
+        // The event's trace (or a new one), and the router's span in it: the parent of every
+        // action message and, through them, of every outbound call.
+        let trace = TraceContext::of_event(delivery.properties.headers().as_ref()).child();
+        let span = tracing::info_span!("event", trace_id = %trace.trace_id());
+        let faults = app.faults.clone();
+        tracker.spawn(
+            faults.guard(
+                "router event",
+                async move {
+                    match route(&app, &publisher, linger, &delivery, &trace).await {
+                        Ok(routed) => settle(&app, &acks, delivery, routed).await,
+                        Err(e) => {
+                            // Whatever it published is repeated when the event comes back.
+                            acks.requeue(delivery);
+                            let _ = failed_tx.try_send(e);
+                        }
+                    }
                 }
-            }
-        });
+                .instrument(span),
+            ),
+        );
     }
 }
 
@@ -147,15 +167,35 @@ struct Routed {
 
 /// Validates and matches one event, and publishes its action messages (confirms pending).
 async fn route(
-    app: &App,
+    app: &Shared,
     publisher: &Publisher,
     linger: Linger,
     delivery: &Delivery,
+    trace: &TraceContext,
 ) -> Result<Routed, BrokerError> {
     let event = match Event::parse(&delivery.data, app.config.router.max_event_bytes) {
         Ok(event) => event,
         Err(rejection) => return reject(app, publisher, delivery, &rejection).await,
     };
+    if app.history.enabled() {
+        app.history.event(EventRecord {
+            event_id: Some(event.id.clone()),
+            event_type: Some(event.kind.name.to_owned()),
+            workspace: Some(event.workspace.clone()),
+            received_at: chrono::Utc::now(),
+            rejected: None,
+            // The message's own text when nothing was rewritten (it parsed as JSON, so it is
+            // UTF-8): a copy instead of serialising the event again.
+            payload: app.history.store_payloads().then(|| {
+                if event.verbatim {
+                    String::from_utf8_lossy(&delivery.data).into_owned()
+                } else {
+                    event.body.to_string()
+                }
+            }),
+            trace_id: history::record::trace_id(delivery.properties.headers().as_ref()),
+        });
+    }
     app.metrics
         .events_received
         .get_or_create(&TypeLabel {
@@ -163,53 +203,24 @@ async fn route(
         })
         .inc();
     let catalog = app.catalog.load();
-    let ctx = Catalog::trigger_context(&event);
-    let mut pending = Vec::new();
-    // Taken by the first publish: an event that matches nothing does not wait.
-    let mut linger = Some(linger);
-    for workflow in catalog.candidates(&event) {
-        match workflow.condition_holds(&ctx) {
-            Ok(true) => {}
-            Ok(false) => {
-                debug!(event_id = %event.id, workflow = %workflow.id, "trigger condition is false");
-                continue;
+    let plan = delivery::plan(&catalog, &event);
+    for not_run in &plan.not_run {
+        match &not_run.error {
+            None => {
+                debug!(event_id = %event.id, workflow = %not_run.workflow, "trigger condition is false");
             }
-            Err(e) => {
-                warn!(event_id = %event.id, workflow = %workflow.id, error = %e, "trigger condition failed to evaluate; workflow not run");
-                continue;
+            Some(e) => {
+                warn!(event_id = %event.id, workflow = %not_run.workflow, error = %e, "trigger condition failed to evaluate; workflow not run");
             }
-        }
-        for action in workflow.roots() {
-            let connector = action.spec.connector();
-            let id = action_id(&event.id, &workflow.id, &action.id);
-            let message = ActionMessageRef {
-                id: &id,
-                workflow: Some(&workflow.id),
-                webhook: None,
-                action: &action.id,
-                connector,
-                workspace: &event.workspace,
-                event: &event.body,
-                steps: None,
-            };
-            let confirm = send(app, publisher, &mut linger, &message, &event.id).await?;
-            pending.push((connector, confirm));
         }
     }
-    for webhook in catalog.webhooks_for(&event) {
-        let id = action_id(&event.id, &webhook.id, WEBHOOK_ACTION);
-        let message = ActionMessageRef {
-            id: &id,
-            workflow: None,
-            webhook: Some(&webhook.id),
-            action: WEBHOOK_ACTION,
-            connector: "webhook",
-            workspace: &event.workspace,
-            event: &event.body,
-            steps: None,
-        };
-        let confirm = send(app, publisher, &mut linger, &message, &event.id).await?;
-        pending.push(("webhook", confirm));
+    let mut pending = Vec::with_capacity(plan.actions.len());
+    // Taken by the first publish: an event that matches nothing does not wait.
+    let mut linger = Some(linger);
+    for planned in &plan.actions {
+        let message = planned.message(&event.workspace, &event.body, None);
+        let confirm = send(app, publisher, &mut linger, &message, &event.id, trace).await?;
+        pending.push((planned.connector, confirm));
     }
     if pending.is_empty() {
         app.metrics.events_unmatched.inc();
@@ -222,13 +233,14 @@ async fn route(
 }
 
 async fn send(
-    app: &App,
+    app: &Shared,
     publisher: &Publisher,
     linger: &mut Option<Linger>,
     message: &ActionMessageRef<'_>,
     event_id: &str,
+    trace: &TraceContext,
 ) -> Result<PendingConfirm, BrokerError> {
-    let (body, properties) = message.encode(event_id);
+    let (body, properties) = message.encode(event_id, trace);
     if let Some(linger) = linger.take() {
         linger.wait().await;
     }
@@ -239,7 +251,7 @@ async fn send(
 
 /// Copies a bad event to `events.rejected` with its reason.
 async fn reject(
-    app: &App,
+    app: &Shared,
     publisher: &Publisher,
     delivery: &Delivery,
     rejection: &Rejection,
@@ -252,6 +264,13 @@ async fn reject(
         .inc();
     let reason = rejection.to_string();
     warn!(reason = %reason, label = rejection.label(), "event rejected");
+    if app.history.enabled() {
+        app.history.event(rejected_record(
+            delivery,
+            &reason,
+            app.history.store_payloads(),
+        ));
+    }
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     set_str(&mut headers, "x-switchyard-reason", reason.as_str());
     set_str(
@@ -272,8 +291,32 @@ async fn reject(
     })
 }
 
+/// What history keeps of a rejected message: whatever of the envelope could be read.
+fn rejected_record(delivery: &Delivery, reason: &str, store_payloads: bool) -> EventRecord {
+    let json = serde_json::from_slice::<serde_json::Value>(&delivery.data).ok();
+    let field = |key: &str| {
+        json.as_ref()
+            .and_then(|j| j.get(key))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    EventRecord {
+        event_id: field("id"),
+        event_type: field("type"),
+        workspace: json
+            .as_ref()
+            .and_then(|j| j.pointer("/workspace/id"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        received_at: chrono::Utc::now(),
+        rejected: Some(reason.to_owned()),
+        payload: store_payloads.then(|| history::record::storable_bytes(&delivery.data)),
+        trace_id: history::record::trace_id(delivery.properties.headers().as_ref()),
+    }
+}
+
 /// Waits for every confirm, then acks the event; on a refusal, hands the event back.
-async fn settle(app: &App, acks: &Acks, delivery: Delivery, routed: Routed) {
+async fn settle(app: &Shared, acks: &Acks, delivery: Delivery, routed: Routed) {
     let mut refused = None;
     for (connector, pending) in routed.pending {
         match Publisher::confirmed(pending, connector).await {

@@ -1,6 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz` (SPEC §7).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,15 +12,49 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::app::App;
+use crate::telemetry::Metrics;
 
-/// Serves until `shutdown`.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+/// Readiness: all three must hold for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// A broker connection is open.
+    pub connected: AtomicBool,
+    /// The topology was declared on it.
+    pub topology: AtomicBool,
+    /// A valid workflow set is loaded.
+    pub workflows: AtomicBool,
+}
+
+impl Health {
+    /// Whether the service can do its work.
+    pub fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+            && self.topology.load(Ordering::Relaxed)
+            && self.workflows.load(Ordering::Relaxed)
+    }
+}
+
+/// What the endpoints read.
+#[derive(Clone)]
+struct Endpoints {
+    /// `/metrics`.
+    metrics: Arc<Metrics>,
+    /// `/readyz`.
+    health: Arc<Health>,
+}
+
+/// Serves `metrics` and `health` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
     let router = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(self::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(app);
+        .with_state(Endpoints { metrics, health });
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -28,7 +63,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics(State(app): State<Endpoints>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -38,7 +73,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn readyz(State(app): State<Endpoints>) -> impl IntoResponse {
     let h = &app.health;
     let ordering = std::sync::atomic::Ordering::Relaxed;
     let body = format!(

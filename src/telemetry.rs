@@ -12,24 +12,36 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::logwriter::{LogGuard, StderrQueue};
 
-/// Installs the global tracing subscriber. Safe to call twice (the second call does nothing).
-pub fn init_logging(config: &LogConfig) {
+/// Installs the global tracing subscriber, writing through [`StderrQueue`]: a log call never
+/// panics, blocks, or fails, whatever happens to stderr. Keep the guard until the process ends (it
+/// flushes queued lines). `None` when a subscriber was already installed or the log thread could
+/// not start (then nothing is logged, and nothing else changes).
+pub fn init_logging(config: &LogConfig) -> Option<LogGuard> {
+    let (queue, guard) = StderrQueue::start().ok()?;
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The queue never returns an error, and the fmt layer must never report one itself: its
+    // report is an `eprintln!`, which panics when stderr is closed.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.format {
+        .with_writer(queue)
+        .log_internal_errors(false);
+    let installed = match config.format {
+        // The current span (`event` or `action`) carries the trace id (SPEC §12); only it, not
+        // the list of every enclosing span.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         // Colours only on a terminal: a log file or journald would keep the escape codes.
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };
+    installed.ok().map(|()| guard)
 }
 
 /// `type`.
@@ -119,6 +131,8 @@ pub struct Metrics {
     pub queue_messages: Family<QueueLabel, Gauge>,
     /// `switchyard_broker_connected`.
     pub broker_connected: Gauge,
+    /// `switchyard_broker_blocked`: 1 while the broker refuses publishes (a memory or disk alarm).
+    pub broker_blocked: Gauge,
     /// `switchyard_workflows_loaded`.
     pub workflows_loaded: Gauge,
     /// `switchyard_config_reloads_total{result}`.
@@ -132,6 +146,12 @@ pub struct Metrics {
     /// `switchyard_partial_failures_total{connector}`: items a remote rejected inside a call that
     /// succeeded as a whole (Braze's partial success). Not retried: the valid items were applied.
     pub partial_failures: Family<ConnectorLabel, Counter>,
+    /// `switchyard_history_rows_written_total` (SPEC §9).
+    pub history_rows_written: Counter,
+    /// `switchyard_history_dropped_total`: rows lost while PostgreSQL was away (SPEC §9).
+    pub history_dropped: Counter,
+    /// `switchyard_history_batch_seconds`: one history batch written.
+    pub history_batch_seconds: Histogram,
 }
 
 fn call_buckets() -> Histogram {
@@ -162,12 +182,16 @@ impl Metrics {
             actions_in_flight: Family::default(),
             queue_messages: Family::default(),
             broker_connected: Gauge::default(),
+            broker_blocked: Gauge::default(),
             workflows_loaded: Gauge::default(),
             config_reloads: Family::default(),
             breakers_open: Family::default(),
             outbound_blocked: Family::default(),
             events_unmatched: Counter::default(),
             partial_failures: Family::default(),
+            history_rows_written: Counter::default(),
+            history_dropped: Counter::default(),
+            history_batch_seconds: call_buckets(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,6 +250,11 @@ impl Metrics {
             m.broker_connected.clone(),
         );
         registry.register(
+            "switchyard_broker_blocked",
+            "1 while the broker refuses publishes (a memory or disk alarm)",
+            m.broker_blocked.clone(),
+        );
+        registry.register(
             "switchyard_workflows_loaded",
             "Workflows in the loaded set",
             m.workflows_loaded.clone(),
@@ -249,6 +278,21 @@ impl Metrics {
             "switchyard_partial_failures",
             "Items rejected inside a call that succeeded as a whole (Braze partial success)",
             m.partial_failures.clone(),
+        );
+        registry.register(
+            "switchyard_history_rows_written",
+            "Run history rows written to PostgreSQL",
+            m.history_rows_written.clone(),
+        );
+        registry.register(
+            "switchyard_history_dropped",
+            "Run history rows dropped because the buffer was full (PostgreSQL away or too slow)",
+            m.history_dropped.clone(),
+        );
+        registry.register(
+            "switchyard_history_batch_seconds",
+            "Time to write one run history batch",
+            m.history_batch_seconds.clone(),
         );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
@@ -307,8 +351,12 @@ mod tests {
             "switchyard_actions_in_flight{connector=\"http\"} 0",
             "switchyard_build_info{version=",
             "switchyard_broker_connected 0",
+            "switchyard_broker_blocked 0",
             "# TYPE switchyard_action_duration_seconds histogram",
             "switchyard_outbound_blocked_total{connector=\"http\"} 0",
+            "switchyard_history_rows_written_total 0",
+            "switchyard_history_dropped_total 0",
+            "# TYPE switchyard_history_batch_seconds histogram",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

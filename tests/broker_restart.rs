@@ -7,51 +7,24 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde_json::Value;
-use support::{AMQP_URL, FakeServer, Harness, Recorded, Reply, event, http_get, wait_until_within};
+use support::paced::Paced;
+use support::{
+    AMQP_URL, FakeServer, Harness, Recorded, Reply, http_get, posting_workflow, rabbitmqctl,
+    rabbitmqctl_path, wait_until_within,
+};
 use switchyard::broker::message::action_id;
+use tokio_util::sync::CancellationToken;
 
 const EVENTS: usize = 2_000;
 /// Events per second the test publishes.
 const RATE: usize = 200;
-/// Publishes per confirm round.
-const BATCH: usize = 10;
-
-/// `rabbitmqctl`, wherever the package put it (`/usr/sbin` is not on every PATH).
-fn rabbitmqctl() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("rabbitmqctl"))
-        .find(|p| p.is_file())
-        .expect("rabbitmqctl (the broker-restart test drives the local RabbitMQ node)")
-}
-
-fn ctl(args: &[&str]) {
-    let out = Command::new(rabbitmqctl())
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The broker application is stopped while this lives; dropping it (also on a panic) starts it
 /// again, so a failing test never leaves the shared broker down.
@@ -61,15 +34,15 @@ struct Outage {
 
 impl Outage {
     fn begin() -> Outage {
-        ctl(&["stop_app"]);
+        rabbitmqctl(&["stop_app"]);
         Outage { stopped: true }
     }
 
     fn end(&mut self) {
         if self.stopped {
             self.stopped = false;
-            ctl(&["start_app"]);
-            ctl(&["await_startup"]);
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
         }
     }
 }
@@ -78,128 +51,12 @@ impl Drop for Outage {
     fn drop(&mut self) {
         if self.stopped {
             self.stopped = false;
-            let _ = Command::new(rabbitmqctl()).arg("start_app").status();
-            let _ = Command::new(rabbitmqctl()).arg("await_startup").status();
+            let _ = Command::new(rabbitmqctl_path()).arg("start_app").status();
+            let _ = Command::new(rabbitmqctl_path())
+                .arg("await_startup")
+                .status();
         }
     }
-}
-
-/// What the publisher did.
-#[derive(Debug, Default)]
-struct Published {
-    /// basic.publish calls, re-publishes included.
-    publishes: usize,
-    /// Publishes whose confirm never came (or was a nack): sent again on a new connection.
-    unconfirmed: usize,
-    /// Ids not sent because the channel had just failed: sent on the new connection.
-    deferred: usize,
-    /// Connections opened.
-    connections: usize,
-}
-
-async fn open_channel() -> Option<(Connection, Channel)> {
-    let connect = Connection::connect(AMQP_URL, ConnectionProperties::default());
-    let connection = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .ok()?
-        .ok()?;
-    let channel = connection.create_channel().await.ok()?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .ok()?;
-    Some((connection, channel))
-}
-
-/// Publishes every event (`RATE` a second, `BATCH` per confirm round) to `exchange`, reconnecting
-/// whenever the broker goes away and re-publishing every id whose confirm did not come back.
-async fn publish_through_outages(
-    exchange: String,
-    ids: Vec<String>,
-    confirmed: Arc<AtomicUsize>,
-) -> Published {
-    let mut todo: VecDeque<String> = ids.into();
-    let mut session: Option<(Connection, Channel)> = None;
-    let mut stats = Published::default();
-    let interval = Duration::from_secs_f64(BATCH as f64 / RATE as f64);
-    let mut next = Instant::now();
-    while !todo.is_empty() {
-        let Some((_, channel)) = &session else {
-            session = open_channel().await;
-            match session {
-                Some(_) => stats.connections += 1,
-                None => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-            continue;
-        };
-        let batch: Vec<String> = todo.drain(..BATCH.min(todo.len())).collect();
-        let mut unconfirmed = Vec::new();
-        let mut pending = Vec::new();
-        for id in batch {
-            if !unconfirmed.is_empty() {
-                // The channel failed: keep the order, send the rest on the next connection.
-                stats.deferred += 1;
-                unconfirmed.push(id);
-                continue;
-            }
-            let body = serde_json::to_vec(&event(&id, "Gameplay.DataCaptured")).expect("JSON");
-            let publish = channel.basic_publish(
-                exchange.as_str().into(),
-                "Gameplay.DataCaptured".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
-            );
-            stats.publishes += 1;
-            match tokio::time::timeout(Duration::from_secs(5), publish).await {
-                Ok(Ok(confirm)) => pending.push((id, confirm)),
-                _ => {
-                    stats.unconfirmed += 1;
-                    unconfirmed.push(id);
-                }
-            }
-        }
-        for (id, confirm) in pending {
-            match tokio::time::timeout(Duration::from_secs(10), confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => {
-                    confirmed.fetch_add(1, Ordering::SeqCst);
-                }
-                _ => {
-                    stats.unconfirmed += 1;
-                    unconfirmed.push(id);
-                }
-            }
-        }
-        if !unconfirmed.is_empty() {
-            for id in unconfirmed.into_iter().rev() {
-                todo.push_front(id);
-            }
-            if let Some((connection, _)) = session.take() {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    connection.close(200, "reconnecting".into()),
-                )
-                .await;
-            }
-            continue;
-        }
-        next += interval;
-        let now = Instant::now();
-        if next > now {
-            tokio::time::sleep(next - now).await;
-        } else {
-            next = now;
-        }
-    }
-    if let Some((connection, _)) = session {
-        let _ = connection.close(200, "published".into()).await;
-    }
-    stats
 }
 
 fn event_of(r: &Recorded) -> String {
@@ -213,27 +70,22 @@ fn event_of(r: &Recorded) -> String {
 #[ignore = "restarts the shared broker; run serially with --run-ignored only"]
 async fn broker_restart_mid_run_recovers_unaided_and_delivers_everything() {
     let fake = FakeServer::start(|_| Reply::status(200)).await;
-    let workflows = format!(
-        r#"
-workflows:
-  - id: restart
-    workspace: ws_demo
-    trigger: {{ event: Gameplay.DataCaptured }}
-    actions:
-      - {{ id: post, http: {{ url: "{}/restart", body: '{{"event": "{{{{ event.id }}}}"}}' }} }}
-"#,
-        fake.url()
-    );
+    let workflows = posting_workflow("restart", &format!("{}/restart", fake.url()));
     let h = Harness::start("restart", &workflows, "", &[]).await;
     let ready = format!("http://{}/readyz", h.metrics_addr);
     let connected = "switchyard_broker_connected";
 
     let ids: Vec<String> = (0..EVENTS).map(|i| format!("evt_rs_{i:05}")).collect();
     let confirmed = Arc::new(AtomicUsize::new(0));
-    let publisher = tokio::spawn(publish_through_outages(
-        h.name("events"),
-        ids.clone(),
+    let paced = Paced {
+        urls: vec![AMQP_URL.to_owned()],
+        exchange: h.name("events"),
+        rate: RATE,
+    };
+    let publisher = tokio::spawn(paced.run(
+        ids.clone().into_iter(),
         confirmed.clone(),
+        CancellationToken::new(),
     ));
 
     // Midway through the publishing, stop the broker.

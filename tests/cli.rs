@@ -12,16 +12,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{
-    Broker, DEADLINE, FakeServer, Process, Reply, TopologyGuard, event, http_get, run_switchyard,
-    switchyard_command, test_config_yaml, unique_prefix, wait_until, write_workflows_and_secrets,
+    Broker, DEADLINE, FakeServer, Process, Reply, TopologyGuard, VENDOR_EXAMPLES_ON, event,
+    http_get, posting_workflow, run_switchyard, switchyard_command, test_config_yaml,
+    unique_prefix, wait_until, write_workflows_and_secrets,
 };
 use switchyard::Config;
 
 const EXAMPLE_EVENT_FILE: &str = "examples/events/data-captured.json";
 
+/// With the vendor examples (config/examples/) switched on, as a user would once their secrets
+/// are set.
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_accepts_the_repository_config() {
-    let ran = run_switchyard(&["validate", "--config", "config/switchyard.yaml"], &[]).await;
+    let ran = run_switchyard(
+        &["validate", "--config", "config/switchyard.yaml"],
+        &[("SWITCHYARD__WORKFLOWS__PATHS", VENDOR_EXAMPLES_ON)],
+    )
+    .await;
     assert_eq!(ran.code, Some(0), "{ran:?}");
     assert!(
         ran.stdout
@@ -179,7 +186,10 @@ async fn test_command_shows_the_request_with_secrets_redacted() {
             "--config",
             "config/switchyard.yaml",
         ],
-        &[("SWITCHYARD_SECRET_HUBSPOT_TOKEN", &secret)],
+        &[
+            ("SWITCHYARD_SECRET_HUBSPOT_TOKEN", &secret),
+            ("SWITCHYARD__WORKFLOWS__PATHS", VENDOR_EXAMPLES_ON),
+        ],
     )
     .await;
     assert_eq!(ran.code, Some(0), "{ran:?}");
@@ -215,6 +225,21 @@ async fn test_command_shows_the_request_with_secrets_redacted() {
             "komo_score": "120",
         }})
     );
+}
+
+/// As shipped, the example configuration loads the demo alone: a first `make publish` must give
+/// one delivery to the demo sink and no dead letters (the vendor examples need secrets), and the
+/// demo's loopback URL draws no "blocked" warning, since `http.allow_networks` covers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_configuration_loads_the_demo_alone_without_warnings() {
+    let ran = run_switchyard(&["validate", "--config", "config/switchyard.yaml"], &[]).await;
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(
+        ran.stdout.trim(),
+        "ok: 1 workflow(s), 0 webhook(s), 0 connection(s)",
+        "{ran:?}"
+    );
+    assert!(!ran.stdout.contains("blocked"), "{ran:?}");
 }
 
 /// The first JSON document printed after `workflow hubspot-lead`.
@@ -516,6 +541,71 @@ workflows:
     assert!(
         !logs.contains("\"level\":\"ERROR\""),
         "a clean shutdown logs no error:\n{logs}"
+    );
+    guard.delete().await;
+}
+
+/// Issue 11: `switchyard run … 2>&1 | head -c 200`, `head` exits, events keep coming. A log call
+/// used to panic the task that made it (the fmt layer reported its failed write with `eprintln!`,
+/// which panics on a closed stderr): actions were called but never acked, and SIGTERM no longer
+/// stopped the process. Now everything published is delivered and acked, and SIGTERM exits
+/// cleanly within the grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_log_pipe_never_stops_delivery_or_shutdown() {
+    const EVENTS: usize = 20;
+    let fake = FakeServer::start(|_| Reply::status(200)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflows = posting_workflow("logged", &format!("{}/logged", fake.url()));
+    write_workflows_and_secrets(dir.path(), &workflows, &[]);
+    let prefix = unique_prefix("logpipe");
+    let grace = Duration::from_secs(5);
+    // Debug: every event and action logs, so every one meets the closed pipe.
+    let yaml = test_config_yaml(
+        &prefix,
+        dir.path(),
+        "log: { format: json, level: debug }\nshutdown_grace: 5s\n",
+    );
+    let config = Config::from_yaml(&yaml).expect("valid config");
+    let guard = TopologyGuard::new(&config);
+    let config_path = dir.path().join("switchyard.yaml");
+    std::fs::write(&config_path, &yaml).expect("write config");
+    let (command, port) = Process::run_command(&config_path);
+    let (mut service, head) = Process::start_into_closing_pipe(command, port, 200);
+    service.wait_ready(DEADLINE).await;
+    wait_until("the reader to close the log pipe", async || {
+        head.is_finished()
+    })
+    .await;
+    let read = head.join().expect("the reader thread");
+    assert_eq!(read.len(), 200, "the service logged before the pipe closed");
+
+    let broker = Broker::connect().await;
+    let events = format!("{prefix}.events");
+    for i in 0..EVENTS {
+        let e = event(&format!("evt_pipe_{i:02}"), "Gameplay.DataCaptured");
+        let body = serde_json::to_vec(&e).expect("JSON");
+        broker
+            .publish(&events, "Gameplay.DataCaptured", &body)
+            .await;
+    }
+    wait_until("every event to reach the fake", async || {
+        fake.events().len() == EVENTS
+    })
+    .await;
+    service.assert_running();
+
+    service.signal("TERM");
+    let status = service.wait_exit(grace + Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    // Anything delivered but not acked would be back in its queue once the connection closed.
+    for queue in ["router", "action.http", "dead-letter", "events.rejected"] {
+        let queue = format!("{prefix}.{queue}");
+        assert_eq!(broker.queue_len(&queue).await, 0, "{queue}");
+    }
+    assert_eq!(
+        fake.count(),
+        EVENTS,
+        "each action called once: acked, never redelivered"
     );
     guard.delete().await;
 }

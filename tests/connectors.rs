@@ -14,13 +14,9 @@ use support::apps::{
     mailchimp_problem, salesforce_error,
 };
 use support::{
-    AfterGet, FakeServer, Got, Harness, Recorded, Reply, event, run_switchyard, wait_until,
+    AfterGet, FakeServer, Got, Harness, Recorded, Reply, VENDOR_EXAMPLES_ON, attempts, event,
+    run_switchyard, wait_until,
 };
-
-/// `switchyard_action_attempts_total{connector=…,outcome=…}`.
-fn attempts(connector: &str, outcome: &str) -> String {
-    format!("switchyard_action_attempts_total{{connector=\"{connector}\",outcome=\"{outcome}\"}}")
-}
 
 /// Waits for `n` records in the dead-letter queue and takes them.
 async fn dead_letters(h: &Harness, n: usize) -> Vec<Got> {
@@ -1417,7 +1413,8 @@ async fn the_repository_examples_dry_run_every_app_with_secrets_redacted() {
             format!("bz-{:016x}", rand::random::<u64>()),
         ),
     ];
-    let envs: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut envs: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    envs.push(("SWITCHYARD__WORKFLOWS__PATHS", VENDOR_EXAMPLES_ON));
     let ran = run_switchyard(
         &[
             "test",

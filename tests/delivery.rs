@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::http_attempts as attempts;
 use support::{
     AfterGet, Broker, FakeServer, Harness, Process, Recorded, Reply, TopologyGuard, event,
     test_config_yaml, unique_prefix, wait_until, wait_until_within, write_workflows_and_secrets,
@@ -17,11 +18,6 @@ use support::{
 use switchyard::Config;
 use switchyard::broker::Topology;
 use switchyard::broker::message::action_id;
-
-/// The attempts series of the http connector.
-fn attempts(outcome: &str) -> String {
-    Harness::http_attempts(outcome)
-}
 
 /// A script answering the n-th request (0-based) with `replies[n]`, and the last one after that.
 fn scripted(replies: Vec<Reply>) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {

@@ -10,15 +10,14 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::{
-    BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 use serde_json::{Value, json};
+use support::{Got, Ran};
 use switchyard::Config;
 use switchyard::broker::message::{
     H_ACTION, H_ATTEMPTS, H_CLASS, H_CONNECTOR, H_DEAD_AT, H_EVENT, H_FIRST_ATTEMPT, H_LAST_STATUS,
@@ -33,7 +32,7 @@ const SCHEDULE: &str = "5s";
 /// It is not part of the record.
 const DELIVERY_COUNT: &str = "x-delivery-count";
 
-/// A hand-made dead-letter record, as `Job::dead_letter` would have written it.
+/// A hand-made dead-letter record, as the worker writes one (`delivery::dead_letter::headers`).
 #[derive(Debug, Clone)]
 struct Spec {
     /// Short name used in assertions.
@@ -187,24 +186,14 @@ impl Spec {
     }
 }
 
-/// A message read back from a queue.
-#[derive(Debug)]
-struct Got {
-    id: Option<String>,
-    body: Vec<u8>,
-    headers: FieldTable,
-}
-
-impl Got {
-    /// The headers without the broker's redelivery counter.
-    fn record_headers(&self) -> BTreeMap<String, AMQPValue> {
-        self.headers
-            .inner()
-            .iter()
-            .filter(|(k, _)| k.as_str() != DELIVERY_COUNT)
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    }
+/// A record's headers without the broker's redelivery counter.
+fn record_headers(got: &Got) -> BTreeMap<String, AMQPValue> {
+    got.headers()
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != DELIVERY_COUNT)
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn header_map(headers: &FieldTable) -> BTreeMap<String, AMQPValue> {
@@ -228,11 +217,7 @@ struct Setup {
 impl Setup {
     /// Declares a fresh topology and publishes the six records to its dead-letter queue.
     fn new(name: &str) -> Setup {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let prefix = format!("t-dlq-{name}-{}-{nanos:08x}", std::process::id());
+        let prefix = support::unique_prefix(&format!("dlq-{name}"));
         let mut env = HashMap::new();
         env.insert("SWITCHYARD__AMQP__PREFIX".to_owned(), prefix.clone());
         env.insert(
@@ -251,15 +236,14 @@ impl Setup {
             .build()
             .expect("a test runtime");
         let (connection, publisher) = runtime.block_on(async {
-            let connection = broker::connect(
-                &config.amqp.url,
-                "switchyard dlq test",
-                config.amqp.connect_timeout,
-            )
-            .await
-            .expect("the test broker on 127.0.0.1:5672 is up");
-            let channel = connection.create_channel().await.expect("a channel");
-            topology.declare(&channel).await.expect("topology declared");
+            let connection = broker::connect_any(&config.amqp, "switchyard dlq test")
+                .await
+                .expect("the test broker on 127.0.0.1:5672 is up")
+                .connection;
+            topology
+                .declare(&connection)
+                .await
+                .expect("topology declared");
             let publisher = Publisher::open(&connection).await.expect("a publisher");
             (connection, publisher)
         });
@@ -333,17 +317,8 @@ impl Setup {
             ("SWITCHYARD__RETRY__SCHEDULE", SCHEDULE),
         ];
         envs.extend_from_slice(env);
-        let started = Instant::now();
-        let ran = self
-            .runtime
-            .block_on(support::run_switchyard(&command, &envs));
-        Ran {
-            args: args.join(" "),
-            code: ran.code,
-            stdout: ran.stdout,
-            stderr: ran.stderr,
-            elapsed: started.elapsed(),
-        }
+        self.runtime
+            .block_on(support::run_switchyard(&command, &envs))
     }
 
     /// Every message in a queue, handed back unchanged (the channel closes unacked).
@@ -358,13 +333,8 @@ impl Setup {
             {
                 let delivery = message.delivery;
                 got.push(Got {
-                    id: delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|s| s.to_string()),
-                    headers: delivery.properties.headers().clone().unwrap_or_default(),
                     body: delivery.data,
+                    properties: delivery.properties,
                 });
             }
             channel
@@ -387,7 +357,7 @@ impl Setup {
         let ids: Vec<String> = self
             .peek(&self.topology.dead_letter)
             .into_iter()
-            .filter_map(|g| g.id)
+            .filter_map(|g| g.message_id())
             .collect();
         assert_eq!(self.names_of(&ids), names, "dead-letter queue order");
     }
@@ -395,7 +365,7 @@ impl Setup {
     /// Asserts that the dead-letter queue holds exactly these records, each as published.
     fn assert_dlq_holds(&self, names: &[&str]) {
         let got = self.peek(&self.topology.dead_letter);
-        let mut ids: Vec<String> = got.iter().filter_map(|g| g.id.clone()).collect();
+        let mut ids: Vec<String> = got.iter().filter_map(Got::message_id).collect();
         ids.sort();
         let mut expected: Vec<String> = names.iter().map(|n| self.record(n).id.clone()).collect();
         expected.sort();
@@ -405,7 +375,7 @@ impl Setup {
             "records left in the dead-letter queue"
         );
         for g in &got {
-            let id = g.id.as_deref().unwrap_or("");
+            let id = g.message_id().unwrap_or_default();
             let original = self
                 .records
                 .iter()
@@ -417,7 +387,7 @@ impl Setup {
                 original.spec.name
             );
             assert_eq!(
-                g.record_headers(),
+                record_headers(g),
                 header_map(&original.headers),
                 "{}: headers unchanged",
                 original.spec.name
@@ -428,21 +398,8 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let topology = self.topology.clone();
         self.runtime.block_on(async {
-            let Ok(channel) = self.connection.create_channel().await else {
-                return;
-            };
-            for queue in topology.all_queues() {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in [&topology.events, &topology.actions, &topology.retry] {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
+            support::delete_topology(&self.topology).await;
             let _ = self.connection.close(200, "test done".into()).await;
         });
     }
@@ -452,24 +409,15 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Ran {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
+/// What the `dlq` tables say, read from a run's output.
+trait Tables {
+    /// The `list` rows: the first column (id) of every line after the heading.
+    fn listed_ids(&self) -> Vec<String>;
+    /// A two-column `stats` table (RECORDS, key) by its heading.
+    fn counts(&self, heading: &str) -> BTreeMap<String, usize>;
 }
 
-impl Ran {
-    #[track_caller]
-    fn ok(self) -> Ran {
-        assert_eq!(self.code, Some(0), "dlq {} failed: {self:#?}", self.args);
-        self
-    }
-
-    /// The `list` rows: the first column (id) of every line after the heading.
+impl Tables for Ran {
     fn listed_ids(&self) -> Vec<String> {
         let mut lines = self.stdout.lines();
         assert!(
@@ -482,7 +430,6 @@ impl Ran {
             .collect()
     }
 
-    /// A two-column `stats` table (RECORDS, key) by its heading.
     fn counts(&self, heading: &str) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         let mut lines = self.stdout.lines();
@@ -769,7 +716,7 @@ fn replay_moves_only_matching_records_with_a_fresh_budget() {
         .ok();
     assert!(ran.stdout.contains("replayed 2 record(s)"), "{ran:#?}");
     let moved = s.peek(&http_queue);
-    let mut ids: Vec<String> = moved.iter().filter_map(|g| g.id.clone()).collect();
+    let mut ids: Vec<String> = moved.iter().filter_map(Got::message_id).collect();
     ids.sort();
     let mut expected = vec![s.record("r1").id.clone(), s.record("r2").id.clone()];
     expected.sort();
@@ -778,7 +725,7 @@ fn replay_moves_only_matching_records_with_a_fresh_budget() {
         let original = s
             .records
             .iter()
-            .find(|r| Some(&r.id) == got.id.as_ref())
+            .find(|r| Some(&r.id) == got.message_id().as_ref())
             .expect("a record we published");
         assert_eq!(got.body, original.body, "the body (and action id) is kept");
         let mut kept = header_map(&original.headers);
@@ -798,7 +745,7 @@ fn replay_moves_only_matching_records_with_a_fresh_budget() {
             );
         }
         assert_eq!(
-            got.record_headers(),
+            record_headers(got),
             kept,
             "only the attempt and dead-letter headers are removed"
         );
@@ -814,7 +761,11 @@ fn replay_moves_only_matching_records_with_a_fresh_budget() {
         ran.elapsed >= Duration::from_millis(250),
         "two records at 4/s: {ran:#?}"
     );
-    let webhook: Vec<Option<String>> = s.peek(&webhook_queue).into_iter().map(|g| g.id).collect();
+    let webhook: Vec<Option<String>> = s
+        .peek(&webhook_queue)
+        .into_iter()
+        .map(|g| g.message_id())
+        .collect();
     assert_eq!(webhook, [Some(s.record("r3").id.clone())]);
     assert_eq!(s.peek(&http_queue).len(), 3, "r4 joined r1 and r2");
     s.assert_dlq_holds(&["r5", "r6"]);
@@ -881,7 +832,7 @@ fn a_slow_replay_hands_records_back_between_passes() {
     let mut moved: Vec<String> = s
         .peek(&http_queue)
         .into_iter()
-        .filter_map(|g| g.id)
+        .filter_map(|g| g.message_id())
         .collect();
     moved.sort();
     let mut expected: Vec<String> = ["r1", "r2", "r6"]
@@ -906,27 +857,7 @@ fn export_drains_matching_records_to_json_lines() {
     let written = std::fs::read_to_string(&file).expect("the export file");
     let lines: Vec<&str> = written.lines().collect();
     assert!(written.ends_with('\n'));
-    let expected: Vec<String> = ["r1", "r2", "r4", "r6"]
-        .iter()
-        .map(|name| {
-            let r = s.record(name);
-            let headers: serde_json::Map<String, Value> = header_map(&r.headers)
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        AMQPValue::LongString(s) => {
-                            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                        }
-                        AMQPValue::LongLongInt(n) => Value::from(n),
-                        other => panic!("unexpected header type {other:?}"),
-                    };
-                    (k, v)
-                })
-                .collect();
-            let body: Value = serde_json::from_slice(&r.body).expect("JSON");
-            json!({ "id": r.id, "headers": headers, "body": body }).to_string()
-        })
-        .collect();
+    let expected = exported_lines(&s, &["r1", "r2", "r4", "r6"]);
     assert_eq!(lines, expected);
     s.assert_dlq_holds(&["r3", "r5"]);
 
@@ -954,6 +885,61 @@ fn export_drains_matching_records_to_json_lines() {
     assert!(ran.stdout.contains("exported 0 record(s)"), "{ran:#?}");
     assert_eq!(std::fs::read_to_string(&empty).ok().as_deref(), Some(""));
     s.assert_dlq_holds(&["r3", "r5"]);
+}
+
+/// The JSON lines `dlq export` writes for the named records, in that order.
+fn exported_lines(s: &Setup, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            let r = s.record(name);
+            let headers: serde_json::Map<String, Value> = header_map(&r.headers)
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        AMQPValue::LongString(s) => {
+                            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        AMQPValue::LongLongInt(n) => Value::from(n),
+                        other => panic!("unexpected header type {other:?}"),
+                    };
+                    (k, v)
+                })
+                .collect();
+            let body: Value = serde_json::from_slice(&r.body).expect("JSON");
+            json!({ "id": r.id, "headers": headers, "body": body }).to_string()
+        })
+        .collect()
+}
+
+/// `--out -`, for a pod whose root filesystem is read-only: `kubectl exec … -- switchyard dlq
+/// export --out - > file`. Standard output holds the records alone; the summary goes to stderr.
+#[test]
+fn export_to_stdout_streams_json_lines_and_removes_them() {
+    let s = Setup::new("export-stdout");
+    let ran = s.dlq(&["export", "--connector", "http", "--out", "-"]).ok();
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        exported_lines(&s, &["r1", "r2", "r4", "r6"]),
+        "{ran:#?}"
+    );
+    assert!(ran.stdout.ends_with('\n'), "{ran:#?}");
+    assert!(
+        ran.stderr
+            .contains("exported 4 record(s) to standard output and removed them from"),
+        "{ran:#?}"
+    );
+    s.assert_dlq_holds(&["r3", "r5"]);
+
+    // `-` is never a file name: a second export to stdout finds what is left.
+    let ran = s.dlq(&["export", "--limit", "1", "--out", "-"]).ok();
+    assert_eq!(
+        ran.stdout.lines().collect::<Vec<_>>(),
+        exported_lines(&s, &["r3"])
+    );
+    assert!(!std::path::Path::new("-").exists(), "no file named -");
+    s.assert_dlq_holds(&["r5"]);
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
-use support::{FakeServer, Harness, Reply, event, http_get, repo_root, wait_until};
+use support::{FakeServer, Harness, Reply, event, free_port, http_get, repo_root, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -143,8 +143,8 @@ async fn service_with_traffic(name: &str) -> (Harness, FakeServer) {
         .await;
     h.publish(&event("evt_ops_2", "Site.Published")).await;
     h.publish_raw("Gameplay.DataCaptured", b"not json").await;
-    h.wait_metric(&Harness::http_attempts("success"), 1.0).await;
-    h.wait_metric(&Harness::http_attempts("dead"), 1.0).await;
+    h.wait_metric(&support::http_attempts("success"), 1.0).await;
+    h.wait_metric(&support::http_attempts("dead"), 1.0).await;
     h.wait_metric(
         "switchyard_events_rejected_total{reason=\"invalid_json\"}",
         1.0,
@@ -204,6 +204,9 @@ async fn dashboard_and_alert_metrics_exist_in_the_real_metrics_output() {
         "switchyard_build_info",
         "switchyard_breakers_open",
         "switchyard_outbound_blocked_total",
+        "switchyard_history_rows_written_total",
+        "switchyard_history_dropped_total",
+        "switchyard_history_batch_seconds_bucket",
     ] {
         assert!(
             shown.contains(family),
@@ -226,14 +229,6 @@ fn prometheus_binary() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin")])
         .map(|dir| dir.join("prometheus"))
         .find(|candidate| candidate.is_file())
-}
-
-/// A free port on 127.0.0.1 (released right away: Prometheus binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 /// `GET /api/v1/<what>?query=…` (or without a query) → the JSON `data`, when the call succeeded.
@@ -470,6 +465,11 @@ fn every_alert_is_annotated_unit_tested_and_has_a_runbook_section() {
         "SwitchyardBrokerDisconnected",
         "SwitchyardNoConsumer",
         "SwitchyardEventsRejected",
+        "SwitchyardDeliveryLatencyHigh",
+        "SwitchyardBacklogGrowing",
+        "SwitchyardPartialFailures",
+        "SwitchyardTargetDown",
+        "SwitchyardAbsent",
     ] {
         assert!(
             rules.iter().any(|r| r["alert"].as_str() == Some(name)),
@@ -750,14 +750,22 @@ fn chart_deployments_have_probes_security_context_and_a_long_enough_grace() {
                     "{name}: no preStop hook"
                 );
                 let env = container["env"].as_sequence().cloned().unwrap_or_default();
-                let url = env
+                let urls: Vec<&Yaml> = env
                     .iter()
-                    .find(|e| e["name"].as_str() == Some("SWITCHYARD__AMQP__URL"))
-                    .unwrap_or_else(|| panic!("{name}: no SWITCHYARD__AMQP__URL"));
-                assert!(
-                    get(url, &["valueFrom", "secretKeyRef"]).is_some(),
-                    "{name}: the AMQP URL must come from a Secret (secretKeyRef)"
-                );
+                    .filter(|e| e["name"].as_str() == Some("SWITCHYARD__AMQP__URL"))
+                    .collect();
+                assert!(!urls.is_empty(), "{name}: no SWITCHYARD__AMQP__URL");
+                // One URL from the Secret, or (amqp.urlKeys) a list of references to node
+                // variables that each come from the Secret: never a URL written in the chart.
+                for url in urls {
+                    let from_secret = get(url, &["valueFrom", "secretKeyRef"]).is_some();
+                    // (A template action: helm/check.sh checks what it renders to.)
+                    let references = url["value"].as_str().is_some_and(|v| !v.contains("://"));
+                    assert!(
+                        from_secret || references,
+                        "{name}: the AMQP URL must come from a Secret (secretKeyRef)"
+                    );
+                }
             }
         }
     }
@@ -804,21 +812,59 @@ fn chart_deployments_have_probes_security_context_and_a_long_enough_grace() {
 
 #[test]
 fn chart_files_are_copies_of_the_deploy_files() {
-    for (original, copy) in [
-        (
-            "deploy/prometheus/alerts.yml",
-            "helm/switchyard/files/alerts.yml",
-        ),
-        (
-            "deploy/grafana/switchyard.json",
-            "helm/switchyard/files/switchyard.json",
-        ),
-    ] {
-        assert!(
-            read(original) == read(copy),
-            "{copy} differs from {original}: cp {original} {copy}"
-        );
+    assert!(
+        read("deploy/grafana/switchyard.json") == read("helm/switchyard/files/switchyard.json"),
+        "cp deploy/grafana/switchyard.json helm/switchyard/files/switchyard.json"
+    );
+}
+
+/// deploy/prometheus/alerts.yml is the chart's files/alerts.yml with its placeholders filled from
+/// values.yaml, as the chart fills them (deploy/prometheus/check.sh checks the same with helm).
+#[test]
+fn deploy_alerts_are_the_chart_rules_with_the_default_values() {
+    let values = yaml_file(&format!("{CHART}/values.yaml"));
+    let chart = yaml_file(&format!("{CHART}/Chart.yaml"));
+    let mut rules = read("helm/switchyard/files/alerts.yml");
+    let alerts = values["prometheusRule"]["alerts"]
+        .as_mapping()
+        .expect("prometheusRule.alerts");
+    for (alert, params) in alerts {
+        for (key, value) in params.as_mapping().expect("an alert's values") {
+            let value = match value {
+                Yaml::String(s) => s.clone(),
+                Yaml::Number(n) => n.to_string(),
+                other => panic!("{alert:?}.{key:?}: {other:?}"),
+            };
+            let placeholder = format!(
+                "@{{{}.{}}}",
+                alert.as_str().expect("name"),
+                key.as_str().expect("key")
+            );
+            assert!(
+                rules.contains(&placeholder),
+                "{placeholder} is used by no rule"
+            );
+            rules = rules.replace(&placeholder, &value);
+        }
     }
+    let runbooks = format!(
+        "{}/blob/v{}/docs/runbooks/",
+        chart["home"].as_str().expect("Chart.yaml home"),
+        chart["appVersion"].as_str().expect("appVersion")
+    );
+    let rules = rules
+        .replace("@{targetSelector}", "job=\"switchyard\"")
+        .replace("@{runbookBaseUrl}", &runbooks);
+    assert!(
+        !rules.contains("@{"),
+        "a placeholder without a default value"
+    );
+    let deployed = read("deploy/prometheus/alerts.yml");
+    let body: String = deployed.split_inclusive('\n').skip(3).collect();
+    assert!(
+        body == rules,
+        "deploy/prometheus/alerts.yml is stale: run deploy/prometheus/render.sh"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

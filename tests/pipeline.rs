@@ -6,13 +6,9 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
+use support::http_attempts as attempts;
 use support::{AfterGet, FakeServer, Harness, Recorded, Reply, event, repo_root, wait_until};
 use switchyard::broker::message::action_id;
-
-/// The attempts series of the http connector.
-fn attempts(outcome: &str) -> String {
-    Harness::http_attempts(outcome)
-}
 
 /// A random secret value, so that a leak cannot be a coincidence.
 fn secret(name: &str) -> String {
@@ -22,8 +18,8 @@ fn secret(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn hubspot_brief_body_with_trailing_comma_arrives_as_json() {
     let fake = FakeServer::start(Reply::hubspot_created).await;
-    let source = std::fs::read_to_string(repo_root().join("config/workflows/hubspot.yaml"))
-        .expect("config/workflows/hubspot.yaml");
+    let source = std::fs::read_to_string(repo_root().join("config/examples/hubspot.yaml"))
+        .expect("config/examples/hubspot.yaml");
     assert!(
         source.contains("\"komo_score\": \"{{ gameplay.score }}\",\n"),
         "the repository's HubSpot body should keep the product brief's trailing comma"

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{
-    Broker, DEADLINE, FakeServer, Process, Recorded, Reply, TopologyGuard, event, http_get,
-    metric_value, test_config_yaml, unique_prefix, wait_until, wait_until_within,
-    write_workflows_and_secrets,
+    Broker, DEADLINE, FakeServer, Process, Recorded, Reply, TopologyGuard, event, http_attempts,
+    http_get, metric_value, run_switchyard, spawn_ready, test_config_yaml, unique_prefix,
+    wait_until, wait_until_within, write_workflows_and_secrets,
 };
-use switchyard::Config;
 
 const EVENT_TYPE: &str = "Gameplay.DataCaptured";
 const RELOADS_OK: &str = "switchyard_config_reloads_total{result=\"ok\"}";
@@ -53,12 +52,7 @@ impl Running {
             dir.path(),
             &format!("log: {{ format: text, level: info }}\n{extra}"),
         );
-        let config = Config::from_yaml(&yaml).expect("valid config");
-        let guard = TopologyGuard::new(&config);
-        let config_path = dir.path().join("switchyard.yaml");
-        std::fs::write(&config_path, &yaml).expect("write config");
-        let mut process = Process::spawn(&config_path, dir.path(), "run");
-        process.wait_ready(DEADLINE).await;
+        let (process, guard) = spawn_ready(dir.path(), &yaml).await;
         Running {
             dir,
             prefix,
@@ -161,11 +155,11 @@ async fn sighup_loads_the_new_workflow_set() {
     run.write("c.yaml", &file(&[workflow("wf-c", &url("/c"))]));
     run.reload(1.0, 0.0).await;
     assert_eq!(run.metric(LOADED).await, 2.0);
-    let logs = run.process.logs();
-    assert!(
-        log_line(&logs, &["workflows reloaded", "2"]).is_some(),
-        "no log line for the reload:\n{logs}"
-    );
+    // The counter moves before the log line is written: wait for the line.
+    wait_until("a log line for the reload", async || {
+        log_line(&run.process.logs(), &["workflows reloaded", "2"]).is_some()
+    })
+    .await;
 
     run.publish("evt_after").await;
     wait_until("/b and /c to receive evt_after", async || {
@@ -196,12 +190,15 @@ async fn sighup_with_an_invalid_set_keeps_the_old_one() {
     .expect("write the broken file");
     run.reload(0.0, 1.0).await;
     assert_eq!(run.metric(LOADED).await, 1.0, "workflows_loaded unchanged");
+    // The counter moves before the log line is written: wait for the line.
+    let words = ["reload refused", path_text(&unknown), "Gameplay.Exploded"];
+    wait_until("a log line naming the file and the problem", async || {
+        log_line(&run.process.logs(), &words).is_some()
+    })
+    .await;
     let logs = run.process.logs();
-    let line = log_line(
-        &logs,
-        &["reload refused", path_text(&unknown), "Gameplay.Exploded"],
-    )
-    .unwrap_or_else(|| panic!("no log line names the file and the problem:\n{logs}"));
+    let line = log_line(&logs, &words)
+        .unwrap_or_else(|| panic!("no log line names the file and the problem:\n{logs}"));
     assert!(line.contains("ERROR"), "{line}");
 
     run.publish("evt_1").await;
@@ -220,11 +217,11 @@ async fn sighup_with_an_invalid_set_keeps_the_old_one() {
     .expect("write the broken file");
     run.reload(0.0, 2.0).await;
     assert_eq!(run.metric(LOADED).await, 1.0, "workflows_loaded unchanged");
-    let logs = run.process.logs();
-    assert!(
-        log_line(&logs, &["reload refused", path_text(&syntax)]).is_some(),
-        "no log line names the file with the syntax error:\n{logs}"
-    );
+    wait_until(
+        "a log line naming the file with the syntax error",
+        async || log_line(&run.process.logs(), &["reload refused", path_text(&syntax)]).is_some(),
+    )
+    .await;
 
     run.publish("evt_2").await;
     wait_until("/a to receive evt_2 (the old set)", async || {
@@ -283,7 +280,7 @@ async fn sighup_neither_drops_nor_repeats_work_in_flight() {
     )
     .await;
     // Nothing left anywhere that could still produce a request.
-    let success = "switchyard_action_attempts_total{connector=\"http\",outcome=\"success\"}";
+    let success = &http_attempts("success");
     wait_until("the worker to settle", async || {
         run.metric(success).await == EVENTS as f64
             && run
@@ -311,9 +308,74 @@ async fn sighup_neither_drops_nor_repeats_work_in_flight() {
     assert_eq!(run.metric(LOADED).await, 1.0);
     assert_eq!(run.queue_len("dead-letter").await, 0, "dead-lettered");
     for outcome in ["retry", "dead"] {
-        let series =
-            format!("switchyard_action_attempts_total{{connector=\"http\",outcome=\"{outcome}\"}}");
+        let series = http_attempts(outcome);
         assert_eq!(run.metric(&series).await, 0.0, "{series}");
     }
+    run.finish().await;
+}
+
+/// `switchyard reload`, as a runbook runs it in a pod without a shell or `kill`: it finds the
+/// service by its --config, signals it, and says whether the new set was loaded or refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_signals_the_service_and_reports_the_result() {
+    let fake = FakeServer::start(|_| Reply::status(200)).await;
+    let url = |path: &str| format!("{}{path}", fake.url());
+    let run = Running::start("reload-cmd", &file(&[workflow("wf-main", &url("/a"))]), "").await;
+    let config = run.dir.path().join("switchyard.yaml");
+    let listen = format!("127.0.0.1:{}", run.process.port);
+    let reload = async || {
+        run_switchyard(
+            &["reload", "--config", path_text(&config)],
+            &[("SWITCHYARD__METRICS__LISTEN", &listen)],
+        )
+        .await
+    };
+
+    run.write("c.yaml", &file(&[workflow("wf-c", &url("/c"))]));
+    let ran = reload().await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let pid = run.process.child.id();
+    assert!(
+        ran.stdout
+            .contains(&format!("sent SIGHUP to process {pid}\n")),
+        "{ran:#?}"
+    );
+    assert!(
+        ran.stdout.contains("reloaded: 2 workflow(s) loaded"),
+        "{ran:#?}"
+    );
+    // It signalled this service alone: every other process of the machine has another --config.
+    assert_eq!(ran.stdout.matches("sent SIGHUP").count(), 1, "{ran:#?}");
+    assert_eq!(run.metric(RELOADS_OK).await, 1.0);
+    run.publish("evt_after").await;
+    wait_until("/c to receive evt_after", async || {
+        got(&fake, "/c", "evt_after")
+    })
+    .await;
+
+    // An invalid set: refused, exit 1, and the previous set keeps running.
+    run.write(
+        "bad.yaml",
+        &file(&[workflow("wf-bad", &url("/x"))]).replace(EVENT_TYPE, "Gameplay.Exploded"),
+    );
+    let ran = reload().await;
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert!(
+        ran.stderr.contains("refused the new workflow files"),
+        "{ran:#?}"
+    );
+    assert_eq!(run.metric(RELOADS_ERROR).await, 1.0);
+    assert_eq!(run.metric(LOADED).await, 2.0);
+
+    // No service with that configuration: a user error, nothing signalled.
+    let elsewhere = run.dir.path().join("other.yaml");
+    std::fs::write(&elsewhere, std::fs::read(&config).expect("config")).expect("copy");
+    let ran = run_switchyard(&["reload", "--config", path_text(&elsewhere)], &[]).await;
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert!(
+        ran.stderr.contains("no `switchyard run --config"),
+        "{ran:#?}"
+    );
+    assert!(!ran.stdout.contains("sent SIGHUP"), "{ran:#?}");
     run.finish().await;
 }

@@ -188,7 +188,7 @@ async fn every_ssrf_form_is_blocked_and_never_reaches_the_fake() {
     assert_eq!(blocked("http"), (forms.len() + 1) as f64);
     assert_eq!(blocked("webhook"), 2.0);
     assert_eq!(
-        support::metric_value(&metrics, &Harness::http_attempts("retry")).unwrap_or(0.0),
+        support::metric_value(&metrics, &support::http_attempts("retry")).unwrap_or(0.0),
         0.0
     );
     assert_eq!(fake.count(), 0);
@@ -233,7 +233,7 @@ workflows:
         h.publish(&event(&format!("evt_big_{i}"), "Gameplay.DataCaptured"))
             .await;
     }
-    h.wait_metric(&Harness::http_attempts("success"), 6.0).await;
+    h.wait_metric(&support::http_attempts("success"), 6.0).await;
     let after: Vec<_> = fake
         .requests()
         .into_iter()

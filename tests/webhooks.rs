@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{AfterGet, FakeServer, Harness, Recorded, Reply, event, wait_until_within};
+use support::{AfterGet, FakeServer, Harness, Recorded, Reply, attempts, event, wait_until_within};
 
 /// A fresh `whsec_…` secret (24 random bytes).
 fn whsec() -> String {
@@ -82,7 +82,7 @@ fn webhooks_yaml(fake: &FakeServer, hooks: &[(&str, &str, &str, &str)]) -> Strin
 
 /// `switchyard_action_attempts_total{connector="webhook",outcome=…}`.
 fn webhook_attempts(outcome: &str) -> String {
-    format!("switchyard_action_attempts_total{{connector=\"webhook\",outcome=\"{outcome}\"}}")
+    attempts("webhook", outcome)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 //! every handle is dropped; it holds the channel open until then, and closes it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::Acker;
@@ -25,6 +26,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+use crate::faults::Faults;
 
 /// Send a multiple-ack once this many deliveries wait in the settled run.
 pub const BATCH: usize = 64;
@@ -73,18 +76,19 @@ impl Acks {
     /// flush). `what` names the consumer in logs; `prefetch` is the channel's `basic.qos`.
     pub fn spawn(
         tracker: &TaskTracker,
+        faults: &Arc<Faults>,
         channel: Channel,
         what: &'static str,
         prefetch: u16,
     ) -> Acks {
         let (tx, rx) = mpsc::unbounded_channel();
         let run = Run::new(what, usize::from(prefetch).div_ceil(4).max(1));
-        tracker.spawn(async move {
+        tracker.spawn(faults.guard("acks", async move {
             run.serve(rx).await;
             // Closed here, once its acks are out, rather than by lapin when the last handle
             // drops, which could race the connection's close at shutdown (an ERROR line).
             super::close_channel(&channel, 200, "done").await;
-        });
+        }));
         Acks { tx }
     }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{header_int, header_str, set_int, set_str};
+use crate::trace::TraceContext;
 
 /// Calls made so far for this action (`x-delivery-count` resets after a TTL hop, so we count).
 pub const H_ATTEMPTS: &str = "x-switchyard-attempts";
@@ -33,6 +34,8 @@ pub const H_CLASS: &str = "x-switchyard-error-class";
 pub const H_LAST_STATUS: &str = "x-switchyard-last-status";
 /// When it was dead-lettered.
 pub const H_DEAD_AT: &str = "x-switchyard-dead-at";
+/// Set to `replay` on an action that `switchyard runs replay` published again (run history).
+pub const H_TRIGGER: &str = "x-switchyard-trigger";
 
 /// One action to run, as it travels on the broker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,8 +86,9 @@ pub struct ActionMessageRef<'a> {
 }
 
 impl ActionMessageRef<'_> {
-    /// The body and properties of a fresh action message (attempt budget untouched).
-    pub fn encode(&self, event_id: &str) -> (Vec<u8>, BasicProperties) {
+    /// The body and properties of a fresh action message (attempt budget untouched), carrying
+    /// `trace` (SPEC §12).
+    pub fn encode(&self, event_id: &str, trace: &TraceContext) -> (Vec<u8>, BasicProperties) {
         // Serialising plain JSON values into a Vec cannot fail.
         let body = serde_json::to_vec(self).unwrap_or_default();
         let mut headers = FieldTable::default();
@@ -97,6 +101,7 @@ impl ActionMessageRef<'_> {
         set_str(&mut headers, H_CONNECTOR, self.connector);
         set_str(&mut headers, H_WORKSPACE, self.workspace);
         set_str(&mut headers, H_EVENT, event_id);
+        trace.write(&mut headers);
         (body, properties(self.id, headers))
     }
 }
@@ -146,9 +151,42 @@ impl Attempts {
     }
 }
 
+/// The trace an action message carries (its `traceparent` / `tracestate` headers, SPEC §12), if
+/// any: `trace(headers).map(|t| t.trace_id())` is the trace id of an attempt (run history, logs).
+pub fn trace(headers: Option<&FieldTable>) -> Option<TraceContext> {
+    TraceContext::from_headers(headers)
+}
+
 /// The first-attempt time recorded on the message, if any.
 pub fn first_attempt_at(headers: Option<&FieldTable>) -> Option<String> {
     header_str(headers, H_FIRST_ATTEMPT).map(str::to_owned)
+}
+
+/// Stamps `x-switchyard-first-attempt-at` with now, unless the original headers have it.
+pub fn stamp_first_attempt(headers: &mut FieldTable, original: Option<&FieldTable>) {
+    if first_attempt_at(original).is_none() {
+        set_str(
+            headers,
+            H_FIRST_ATTEMPT,
+            chrono::Utc::now().to_rfc3339().as_str(),
+        );
+    }
+}
+
+/// The properties of a message the worker publishes again (a retry, a dead letter): the
+/// original content type, message id and timestamp, with `headers`.
+pub fn copy_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut properties = BasicProperties::default().with_headers(headers);
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    properties
 }
 
 /// Copies headers, then sets the attempt counters on the copy.

@@ -1,6 +1,7 @@
 //! Everything that talks AMQP: the topology, connections, the confirmed publisher, message headers.
 
 pub mod acks;
+pub mod management;
 pub mod message;
 
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::{Config, QueueType, format_delay};
+use crate::config::{AmqpConfig, Config, QueueType, format_delay};
+use crate::connectors::ConnectorKind;
 
 /// Quorum queues redeliver a message at most this many times before dead-lettering it: the
 /// backstop against a message that crashes the process every time.
@@ -72,6 +74,9 @@ pub enum BrokerError {
     /// A consumer stream ended (the channel was closed under us).
     #[error("consumer of {0} stopped")]
     ConsumerEnded(String),
+    /// No node of `amqp.url` could be reached: each one's error, in the order tried.
+    #[error("no broker node could be reached: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NoNode(Vec<BrokerError>),
     /// The broker did not answer in time.
     #[error("broker: {context}: no answer within {}", humantime::format_duration(*.after))]
     Timeout {
@@ -130,6 +135,8 @@ pub struct Topology {
     pub rejected: String,
     /// Queue type of every queue.
     pub queue_type: QueueType,
+    /// Replicas of each quorum queue at creation (`amqp.quorum_replicas`); `None`: RabbitMQ's own.
+    pub quorum_replicas: Option<u32>,
     /// Jitter fraction: a tier's queue TTL is its delay stretched by it.
     pub jitter: f64,
 }
@@ -150,15 +157,16 @@ impl Topology {
             events: config.name("events"),
             router: config.name("router"),
             actions: config.name("actions"),
-            action_queues: crate::config::CONNECTORS
-                .iter()
-                .map(|c| (*c, config.name(&format!("action.{c}"))))
+            action_queues: ConnectorKind::names()
+                .into_iter()
+                .map(|c| (c, config.name(&format!("action.{c}"))))
                 .collect(),
             retry: config.name("retry"),
             retry_queues: tiers,
             dead_letter: config.name("dead-letter"),
             rejected: config.name("events.rejected"),
             queue_type: config.amqp.queue_type,
+            quorum_replicas: config.amqp.quorum_replicas,
             jitter: config.retry.jitter,
         }
     }
@@ -186,8 +194,22 @@ impl Topology {
         queues
     }
 
-    /// Declares everything, idempotently.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// Declares everything, idempotently, on a channel of its own.
+    pub async fn declare(&self, connection: &Connection) -> Result<(), BrokerError> {
+        let mut channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel to declare the topology")?;
+        let result = self.declare_on(connection, &mut channel).await;
+        close_channel(&channel, 200, "declared").await;
+        result
+    }
+
+    async fn declare_on(
+        &self,
+        connection: &Connection,
+        channel: &mut Channel,
+    ) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -205,7 +227,8 @@ impl Topology {
         // Poison backstop: a message redelivered too often goes where a person will see it.
         let mut router_args = self.queue_args();
         self.backstop(&mut router_args, &self.rejected);
-        self.queue(channel, &self.router, router_args).await?;
+        self.queue(connection, channel, &self.router, router_args)
+            .await?;
         self.bind(
             channel,
             &self.router,
@@ -217,7 +240,7 @@ impl Topology {
         for (connector, queue) in &self.action_queues {
             let mut args = self.queue_args();
             self.backstop(&mut args, &self.dead_letter);
-            self.queue(channel, queue, args).await?;
+            self.queue(connection, channel, queue, args).await?;
             self.bind(
                 channel,
                 queue,
@@ -246,7 +269,7 @@ impl Topology {
                     AMQPValue::LongString("reject-publish".into()),
                 );
             }
-            self.queue(channel, queue, args).await?;
+            self.queue(connection, channel, queue, args).await?;
             let mut binding = FieldTable::default();
             // `all-with-x`: with plain `all` the broker ignores binding keys that start with `x-`,
             // so every tier would match every message and each retry would be copied into every
@@ -258,9 +281,9 @@ impl Topology {
             );
             self.bind(channel, queue, &self.retry, "", binding).await?;
         }
-        self.queue(channel, &self.dead_letter, self.queue_args())
+        self.queue(connection, channel, &self.dead_letter, self.queue_args())
             .await?;
-        self.queue(channel, &self.rejected, self.queue_args())
+        self.queue(connection, channel, &self.rejected, self.queue_args())
             .await?;
         Ok(())
     }
@@ -272,6 +295,13 @@ impl Topology {
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
             );
+            if let Some(replicas) = self.quorum_replicas {
+                // Read at creation only: RabbitMQ does not compare it when the queue exists.
+                args.insert(
+                    "x-quorum-initial-group-size".into(),
+                    AMQPValue::LongLongInt(i64::from(replicas)),
+                );
+            }
         }
         args
     }
@@ -293,9 +323,15 @@ impl Topology {
         }
     }
 
+    /// Declares a queue. A quorum queue that exists with another replica count
+    /// (`x-quorum-initial-group-size`, which RabbitMQ compares on every declare although it
+    /// only acts on it at creation) is taken as it is, with a warning: changing
+    /// `amqp.quorum_replicas` must not stop a deployment whose queues already exist. The
+    /// refusal closed the channel, so `channel` is replaced by a new one.
     async fn queue(
         &self,
-        channel: &Channel,
+        connection: &Connection,
+        channel: &mut Channel,
         name: &str,
         args: FieldTable,
     ) -> Result<(), BrokerError> {
@@ -303,13 +339,35 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
-            .queue_declare(name.into(), options, args)
-            .await
-            .context(format!(
+        let context = || {
+            format!(
                 "declaring queue {name} (if it exists with other arguments, delete it or use another amqp.prefix)"
-            ))?;
-        Ok(())
+            )
+        };
+        match channel.queue_declare(name.into(), options, args).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("'x-quorum-initial-group-size'") => {
+                *channel = connection
+                    .create_channel()
+                    .await
+                    .context("reopening the declaring channel")?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(name.into(), passive, FieldTable::default())
+                    .await
+                    .context(context())?;
+                tracing::warn!(
+                    queue = name,
+                    quorum_replicas = ?self.quorum_replicas,
+                    "the queue exists with another replica count; amqp.quorum_replicas applies when a queue is created (`rabbitmq-queues grow` or `shrink` changes an existing one)"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e).context(context()),
+        }
     }
 
     async fn bind(
@@ -334,31 +392,89 @@ impl Topology {
 
     /// Every exchange and queue, for `switchyard topology`.
     pub fn describe(&self) -> Vec<String> {
+        self.describe_with(|_| String::new())
+    }
+
+    /// [`Topology::describe`], with `placement(queue)` appended to each queue's line (where its
+    /// leader is).
+    pub fn describe_with(&self, placement: impl Fn(&str) -> String) -> Vec<String> {
         let mut lines = vec![
             format!("exchange {} (topic)", self.events),
             format!("exchange {} (direct)", self.actions),
             format!("exchange {} (headers)", self.retry),
-            format!("queue {} <- {} #", self.router, self.events),
+            format!(
+                "queue {} <- {} #{}",
+                self.router,
+                self.events,
+                placement(&self.router)
+            ),
         ];
         for (connector, queue) in &self.action_queues {
-            lines.push(format!("queue {queue} <- {} {connector}", self.actions));
+            lines.push(format!(
+                "queue {queue} <- {} {connector}{}",
+                self.actions,
+                placement(queue)
+            ));
         }
         for (delay, queue) in &self.retry_queues {
             lines.push(format!(
-                "queue {queue} <- {} (ttl {} then back to {})",
+                "queue {queue} <- {} (ttl {} then back to {}){}",
                 self.retry,
                 humantime::format_duration(self.tier_ttl(*delay)),
-                self.actions
+                self.actions,
+                placement(queue)
             ));
         }
-        lines.push(format!("queue {}", self.dead_letter));
-        lines.push(format!("queue {}", self.rejected));
+        for queue in [&self.dead_letter, &self.rejected] {
+            lines.push(format!("queue {queue}{}", placement(queue)));
+        }
         lines
     }
 }
 
-/// Opens a connection named after the process role, within `timeout` (`amqp.connect_timeout`).
-pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connection, BrokerError> {
+/// An open connection and the node of `amqp.url` it reached.
+pub struct Connected {
+    /// The connection.
+    pub connection: Connection,
+    /// Its index in `amqp.url`.
+    pub node: usize,
+}
+
+/// Opens a connection named after the process role to the first node of `urls` that answers,
+/// trying them in turn from `first` (wrapping around), each within `timeout`
+/// (`amqp.connect_timeout`). With one URL, its error is returned as it is; with several, every
+/// node's error.
+pub async fn connect_from(
+    urls: &[String],
+    first: usize,
+    name: &str,
+    timeout: Duration,
+) -> Result<Connected, BrokerError> {
+    let mut errors = Vec::new();
+    for node in (0..urls.len()).map(|i| (first + i) % urls.len()) {
+        match connect(&urls[node], name, timeout).await {
+            Ok(connection) => return Ok(Connected { connection, node }),
+            Err(error) => {
+                if urls.len() > 1 {
+                    tracing::warn!(node = %node_label(&urls[node]), error = %error, "broker node unreachable; trying the next");
+                }
+                errors.push(error);
+            }
+        }
+    }
+    match errors.len() {
+        1 => Err(errors.remove(0)),
+        _ => Err(BrokerError::NoNode(errors)),
+    }
+}
+
+/// [`connect_from`] the first node of `amqp.url`: for commands, which run once.
+pub async fn connect_any(amqp: &AmqpConfig, name: &str) -> Result<Connected, BrokerError> {
+    connect_from(&amqp.url, 0, name, amqp.connect_timeout).await
+}
+
+/// Opens a connection to one node, within `timeout`.
+async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let context = || format!("connecting to {}", redact_url(url));
     // Bounded: something that accepts the TCP connection and never speaks AMQP (a wrong port, a
@@ -373,7 +489,34 @@ pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connect
     }
 }
 
-/// The broker URL without its password, for messages.
+/// Checks a node URL the way the connection will read it; the error never repeats the URL (it
+/// may hold a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err("must start with amqp:// or amqps://".into());
+    }
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(drop)
+        .map_err(|e| e.replace(url, "the URL"))
+}
+
+/// A node as logs name it: `host:port`, never the credentials.
+pub fn node_label(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => {
+            let port = parsed.port().unwrap_or(if parsed.scheme() == "amqps" {
+                5671
+            } else {
+                5672
+            });
+            format!("{}:{port}", parsed.host_str().unwrap_or("localhost"))
+        }
+        Err(_) => redact_url(url),
+    }
+}
+
+/// A URL without its password, for messages; also a URL that does not parse (an invalid entry
+/// must be named without giving its password away).
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
@@ -381,7 +524,22 @@ pub fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         Ok(parsed) => parsed.to_string(),
-        Err(_) => "the configured amqp.url".into(),
+        Err(_) => {
+            // By hand: the user information ends at the last '@' before the path.
+            let start = url.find("://").map_or(0, |i| i + 3);
+            let end = url[start..]
+                .find(['?', '#'])
+                .map_or(url.len(), |i| start + i);
+            match url[start..end].rfind('@') {
+                Some(at) => {
+                    let userinfo = &url[start..start + at];
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{}{user}{hidden}{}", &url[..start], &url[start + at..])
+                }
+                None => url.to_owned(),
+            }
+        }
     }
 }
 

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use super::Request;
 use super::breaker::{Breakers, Permit};
 use super::bulkhead::Bulkheads;
+use super::proxy::{BadProxy, ProxyRules};
 use crate::config::HttpConfig;
-use crate::net::{Guard, GuardedResolver, find_blocked};
+use crate::net::{Guard, GuardedResolver, ResolveError, find_blocked};
 use crate::outcome::{self, Outcome};
 use crate::outcome::{ErrorClass, Failure};
 use crate::telemetry::Metrics;
+use crate::trace::{self, TraceContext};
 
 /// Redirects followed at most, each hop re-checked.
 const MAX_REDIRECTS: usize = 5;
@@ -30,6 +32,8 @@ pub struct HttpClient {
     client: reqwest::Client,
     /// The private-network guard (also inside the resolver and the redirect policy).
     guard: Arc<Guard>,
+    /// Which requests go through a proxy (their target is checked before the call).
+    proxies: Arc<ProxyRules>,
     /// One circuit breaker per (connector, host).
     breakers: Arc<Breakers>,
     /// At most `worker.max_per_host` calls in flight per host.
@@ -49,9 +53,11 @@ impl HttpClient {
         config: &HttpConfig,
         max_per_host: usize,
         metrics: Arc<Metrics>,
-    ) -> Result<HttpClient, reqwest::Error> {
+    ) -> Result<HttpClient, ClientError> {
         let guard = Arc::new(Guard::new(&config.allow_networks));
+        let proxies = Arc::new(ProxyRules::new(&config.proxy, &config.no_proxy)?);
         let hops = guard.clone();
+        let hop_proxies = proxies.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
@@ -60,23 +66,48 @@ impl HttpClient {
                 return attempt.error("redirect to a scheme other than http or https");
             }
             // Names are checked when resolved; literals here.
-            match hops.check_url(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(blocked) => attempt.error(blocked),
+            if let Err(blocked) = hops.check_url(attempt.url()) {
+                return attempt.error(blocked);
             }
+            // Through a proxy nothing here resolves the new host: check it now. Only a hop to
+            // another host needs it (the first one was checked before the call); this policy
+            // cannot wait, so the lookup blocks, on this rare path only.
+            let url = attempt.url();
+            let same_host = attempt
+                .previous()
+                .last()
+                .is_some_and(|prev| prev.host_str() == url.host_str());
+            if hop_proxies.proxy_for(url).is_some()
+                && !same_host
+                && let Some(url::Host::Domain(host)) = url.host()
+                && let Err(e) = hops.resolve_blocking(host)
+            {
+                return attempt.error(e.into_inner());
+            }
+            attempt.follow()
         });
+        let route = proxies.clone();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .redirect(redirects)
-            .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
+            .dns_resolver(Arc::new(GuardedResolver::new(
+                guard.clone(),
+                proxies.proxy_hosts(),
+            )))
+            // One set of rules for reqwest and for the guard (no reqwest reading the environment
+            // on its own): `http.proxy`, or HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
             .no_proxy()
+            .proxy(reqwest::Proxy::custom(move |url| {
+                route.proxy_for(url).cloned()
+            }))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()?;
         Ok(HttpClient {
             client,
             guard,
+            proxies,
             breakers: Arc::new(Breakers::new(metrics)),
             bulkheads: Arc::new(Bulkheads::new(max_per_host)),
             max_body_bytes: config.max_body_bytes,
@@ -90,8 +121,8 @@ impl HttpClient {
         self.send_with(request, outcome::classify_response).await
     }
 
-    /// Sends a request and classifies what comes back with a connector's own classifier (from
-    /// `outcome.rs`), keeping the guard, the breaker, the timeouts and the response cap.
+    /// Sends a request and classifies what comes back with a connector's own classifier (its
+    /// `classify.rs`), keeping the guard, the breaker, the timeouts and the response cap.
     pub async fn send_with(&self, request: Request, classify: outcome::Classifier) -> Outcome {
         let host = request.url.host_str().unwrap_or("?").to_owned();
         // Every connector, not only `http`: a webhook URL rendered to `file://…` is refused here.
@@ -106,6 +137,19 @@ impl HttpClient {
         }
         if let Err(blocked) = self.guard.check_url(&request.url) {
             return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
+        }
+        // Through a proxy the proxy resolves the target, not this process: check it here.
+        if let (Some(_), Some(url::Host::Domain(name))) =
+            (self.proxies.proxy_for(&request.url), request.url.host())
+        {
+            match self.guard.resolve(name).await {
+                Ok(_) => {}
+                Err(ResolveError::Blocked(blocked)) => {
+                    return Outcome::fail(ErrorClass::Blocked, blocked.to_string());
+                }
+                // The proxy may well resolve what this process cannot (split DNS): let it try.
+                Err(ResolveError::Lookup(_)) => {}
+            }
         }
         let body_len = request.body.as_ref().map_or(0, Vec::len);
         if body_len > self.max_body_bytes {
@@ -144,11 +188,23 @@ impl HttpClient {
     async fn call(&self, request: Request, host: &str, classify: outcome::Classifier) -> Outcome {
         let host = host.to_owned();
         let timeout = request.timeout.unwrap_or(self.timeout);
+        // Every call of an action sends its trace with a span of its own (SPEC §12), unless the
+        // action sets traceparent itself.
+        let call_trace = trace::CURRENT
+            .try_with(TraceContext::child)
+            .ok()
+            .filter(|_| !request.headers.contains_key(trace::TRACEPARENT));
         let mut builder = self
             .client
             .request(request.method, request.url)
             .headers(request.headers)
             .header(USER_AGENT, HeaderValue::from_static(AGENT));
+        if let Some(call_trace) = call_trace {
+            builder = builder.header(trace::TRACEPARENT, call_trace.traceparent());
+            if let Some(state) = call_trace.tracestate() {
+                builder = builder.header(trace::TRACESTATE, state);
+            }
+        }
         if let Some(t) = request.timeout {
             builder = builder.timeout(t);
         }
@@ -177,6 +233,17 @@ impl HttpClient {
         }
         classify(status, &headers, &body, &host)
     }
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// reqwest refused the settings.
+    #[error(transparent)]
+    Build(#[from] reqwest::Error),
+    /// A proxy setting is not a URL.
+    #[error(transparent)]
+    Proxy(#[from] BadProxy),
 }
 
 /// A failure before a complete response: always retryable, described without the URL.

@@ -10,13 +10,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::ConnectorKind;
 use super::http::template_failure;
 use crate::outcome::{ErrorClass, Outcome};
 use crate::template::{Context, Engine, MappedValue, TextTemplate};
-use crate::workflow::{ActionScope, Connection, Problem, Severity};
-
-/// The apps a connection can name.
-pub const APPS: [&str; 3] = ["salesforce", "mailchimp", "braze"];
+use crate::workflow::problem::{Problem, Severity};
+use crate::workflow::scope::{ActionScope, Connection};
 
 /// Identifies a connection's runtime state (token, semaphore, rate limiter) across reloads: the
 /// same id with the same settings keeps its state; changed settings start afresh.
@@ -50,17 +49,20 @@ impl ConnectionKey {
 /// Checks a connection's settings when the files load, so that a broken connection is reported
 /// once, even when no action uses it. Returns one message per problem.
 pub fn check(connection: &Connection, engine: &Engine) -> Vec<String> {
-    let result = match connection.kind.as_str() {
-        "salesforce" => {
+    let result = match ConnectorKind::from_name(&connection.kind) {
+        Some(ConnectorKind::Salesforce) => {
             super::salesforce::SalesforceConnection::compile(connection, engine).map(|_| ())
         }
-        "mailchimp" => {
+        Some(ConnectorKind::Mailchimp) => {
             super::mailchimp::MailchimpConnection::compile(connection, engine).map(|_| ())
         }
-        "braze" => super::braze::BrazeConnection::compile(connection, engine).map(|_| ()),
-        other => Err(vec![format!(
-            "{other} is not a connected app; use one of {}",
-            APPS.join(", ")
+        Some(ConnectorKind::Braze) => {
+            super::braze::BrazeConnection::compile(connection, engine).map(|_| ())
+        }
+        Some(ConnectorKind::Http | ConnectorKind::Webhook) | None => Err(vec![format!(
+            "{} is not a connected app; use one of {}",
+            connection.kind,
+            ConnectorKind::list(ConnectorKind::is_app)
         )]),
     };
     result.err().unwrap_or_default()

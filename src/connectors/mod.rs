@@ -7,7 +7,9 @@ pub mod bulkhead;
 pub mod client;
 pub mod connection;
 pub mod http;
+pub mod kind;
 pub mod mailchimp;
+pub mod proxy;
 pub mod registry;
 pub mod salesforce;
 pub mod webhook;
@@ -23,8 +25,11 @@ use crate::outcome::Outcome;
 use crate::telemetry::Metrics;
 use crate::template::{Context, Engine};
 use crate::workflow::def::ActionDef;
-use crate::workflow::{ActionScope, Problem, Webhook};
+use crate::workflow::problem::Problem;
+use crate::workflow::scope::{ActionScope, Connection};
+use crate::workflow::webhook::Webhook;
 pub use client::HttpClient;
+pub use kind::ConnectorKind;
 
 /// A compiled action of one of the connector kinds.
 #[derive(Debug)]
@@ -95,49 +100,52 @@ impl ActionSpec {
         scope: &ActionScope<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<ActionSpec> {
-        let kinds = [
-            ("http", def.http.is_some()),
-            ("salesforce", def.salesforce.is_some()),
-            ("mailchimp", def.mailchimp.is_some()),
-            ("braze", def.braze.is_some()),
-        ];
-        let named: Vec<&str> = kinds
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(k, _)| *k)
+        let named: Vec<ConnectorKind> = ConnectorKind::ALL
+            .into_iter()
+            .filter(|kind| def.names(*kind))
             .collect();
         match named.as_slice() {
-            ["http"] => {
-                let http = def.http.as_ref()?;
-                http::HttpAction::compile(http, engine, scope, problems).map(ActionSpec::Http)
-            }
-            ["salesforce"] => {
-                let section = def.salesforce.as_ref()?;
-                salesforce::SalesforceAction::compile(section, engine, scope, problems)
-                    .map(ActionSpec::Salesforce)
-            }
-            ["mailchimp"] => {
-                let section = def.mailchimp.as_ref()?;
-                mailchimp::MailchimpAction::compile(section, engine, scope, problems)
-                    .map(ActionSpec::Mailchimp)
-            }
-            ["braze"] => {
-                let section = def.braze.as_ref()?;
-                braze::BrazeAction::compile(section, engine, scope, problems).map(ActionSpec::Braze)
-            }
+            // One arm per connector: a new one does not compile until it has its own.
+            [kind] => match kind {
+                ConnectorKind::Http => {
+                    let http = def.http.as_ref()?;
+                    http::HttpAction::compile(http, engine, scope, problems).map(ActionSpec::Http)
+                }
+                ConnectorKind::Salesforce => {
+                    let section = def.salesforce.as_ref()?;
+                    salesforce::SalesforceAction::compile(section, engine, scope, problems)
+                        .map(ActionSpec::Salesforce)
+                }
+                ConnectorKind::Mailchimp => {
+                    let section = def.mailchimp.as_ref()?;
+                    mailchimp::MailchimpAction::compile(section, engine, scope, problems)
+                        .map(ActionSpec::Mailchimp)
+                }
+                ConnectorKind::Braze => {
+                    let section = def.braze.as_ref()?;
+                    braze::BrazeAction::compile(section, engine, scope, problems)
+                        .map(ActionSpec::Braze)
+                }
+                // `ActionDef::names` never names a webhook: it is a subscription, not an action.
+                ConnectorKind::Webhook => None,
+            },
             [] => {
                 scope.error(
                     problems,
-                    "names no action kind; use one of http, salesforce, mailchimp, braze",
+                    format!(
+                        "names no action kind; use one of {}",
+                        ConnectorKind::list(ConnectorKind::is_action)
+                    ),
                 );
                 None
             }
             many => {
+                let names: Vec<&str> = many.iter().map(|kind| kind.name()).collect();
                 scope.error(
                     problems,
                     format!(
                         "names several action kinds ({}); use one per action",
-                        many.join(", ")
+                        names.join(", ")
                     ),
                 );
                 None
@@ -145,14 +153,19 @@ impl ActionSpec {
         }
     }
 
+    /// The connector the action belongs to.
+    pub fn kind(&self) -> ConnectorKind {
+        match self {
+            ActionSpec::Http(_) => ConnectorKind::Http,
+            ActionSpec::Salesforce(_) => ConnectorKind::Salesforce,
+            ActionSpec::Mailchimp(_) => ConnectorKind::Mailchimp,
+            ActionSpec::Braze(_) => ConnectorKind::Braze,
+        }
+    }
+
     /// The connector queue the action travels on.
     pub fn connector(&self) -> &'static str {
-        match self {
-            ActionSpec::Http(_) => "http",
-            ActionSpec::Salesforce(_) => "salesforce",
-            ActionSpec::Mailchimp(_) => "mailchimp",
-            ActionSpec::Braze(_) => "braze",
-        }
+        self.kind().name()
     }
 
     /// Renders the request(s) the action would send, for `switchyard test`.
@@ -180,7 +193,7 @@ impl ActionSpec {
 }
 
 /// Checks a connection's settings when the workflow files load (every problem, as text).
-pub fn check_connection(connection: &crate::workflow::Connection, engine: &Engine) -> Vec<String> {
+pub fn check_connection(connection: &Connection, engine: &Engine) -> Vec<String> {
     connection::check(connection, engine)
 }
 

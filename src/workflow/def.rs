@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::connectors::ConnectorKind;
+
 /// One workflow file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +98,19 @@ pub struct ActionDef {
     /// A Braze operation.
     #[serde(default)]
     pub braze: Option<Value>,
+}
+
+impl ActionDef {
+    /// Whether the action has the section of this connector (`http: {…}`, `braze: {…}`).
+    pub fn names(&self, kind: ConnectorKind) -> bool {
+        match kind {
+            ConnectorKind::Http => self.http.is_some(),
+            ConnectorKind::Salesforce => self.salesforce.is_some(),
+            ConnectorKind::Mailchimp => self.mailchimp.is_some(),
+            ConnectorKind::Braze => self.braze.is_some(),
+            ConnectorKind::Webhook => false,
+        }
+    }
 }
 
 /// `http:` — a custom request to any REST API.

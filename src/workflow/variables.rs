@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::{Problem, Severity};
+use super::problem::{Problem, Severity};
 use crate::event::{COMMON_FIELDS, EventType, TYPED_FIELDS};
 
 /// Records a problem for every variable in `vars` that cannot resolve for `types`.

@@ -6,6 +6,7 @@
 //! - [`FakeServer`] is a remote HTTP service: it records every request and answers from a script.
 //! - [`apps`] holds fake Salesforce, Mailchimp and Braze servers built on it, quirks included.
 //! - [`Broker`] publishes events with confirms and reads queues back.
+//! - [`pg`] gives a test its own PostgreSQL schema (run history).
 //! - [`wait_until`] / [`wait_for`] poll a condition with a deadline instead of sleeping.
 //!
 //! Every test file compiles this module on its own and uses a part of it.
@@ -33,6 +34,9 @@ use switchyard::{Config, Role, Service};
 use tokio_util::sync::CancellationToken;
 
 pub mod apps;
+pub mod cluster;
+pub mod paced;
+pub mod pg;
 
 /// The broker every test uses.
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -43,6 +47,10 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The example event of the repository (SPEC §2), as JSON.
 pub const EXAMPLE_EVENT: &str = include_str!("../../examples/events/data-captured.json");
+
+/// `workflows.paths` with the vendor examples of config/examples/ switched on beside the demo (as
+/// shipped, config/switchyard.yaml loads the demo alone).
+pub const VENDOR_EXAMPLES_ON: &str = "config/workflows,config/examples";
 
 /// `t-<name>-<8 hex digits>`: a prefix no other test (or run) uses.
 pub fn unique_prefix(name: &str) -> String {
@@ -110,6 +118,19 @@ pub async fn wait_until_within(
 pub fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     probe.local_addr().expect("address").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metric series
+
+/// `switchyard_action_attempts_total{connector=…,outcome=…}`.
+pub fn attempts(connector: &str, outcome: &str) -> String {
+    format!("switchyard_action_attempts_total{{connector=\"{connector}\",outcome=\"{outcome}\"}}")
+}
+
+/// The attempts series of the http connector.
+pub fn http_attempts(outcome: &str) -> String {
+    attempts("http", outcome)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +332,17 @@ impl FakeServer {
         format!("http://{}", self.addr)
     }
 
+    /// The distinct `event` fields of the JSON bodies received so far (the test workflows post
+    /// `{"event": "{{ event.id }}"}`).
+    pub fn events(&self) -> std::collections::BTreeSet<String> {
+        self.inspect(|requests| {
+            requests
+                .iter()
+                .map(|r| r.json()["event"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().expect("lock").clone()
@@ -395,6 +427,11 @@ pub struct Got {
 }
 
 impl Got {
+    /// The message id (the action id of an action message).
+    pub fn message_id(&self) -> Option<String> {
+        self.properties.message_id().as_ref().map(|s| s.to_string())
+    }
+
     /// The headers (empty when there are none).
     pub fn headers(&self) -> FieldTable {
         self.properties.headers().clone().unwrap_or_default()
@@ -446,6 +483,15 @@ pub struct Broker {
     pub channel: Channel,
 }
 
+/// Fails the test unless the broker accepted (and could route) the message.
+async fn assert_accepted(confirm: lapin::PublisherConfirm, exchange: &str, routing_key: &str) {
+    let confirm = confirm.await.expect("confirm");
+    assert!(
+        matches!(confirm, Confirmation::Ack(None)),
+        "the broker did not accept a message to {exchange} {routing_key}: {confirm:?}"
+    );
+}
+
 impl Broker {
     /// Connects to [`AMQP_URL`].
     pub async fn connect() -> Broker {
@@ -483,33 +529,57 @@ impl Broker {
         for chunk in messages.chunks(window.max(1)) {
             let mut pending = Vec::with_capacity(chunk.len());
             for (routing_key, body) in chunk {
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
                 let confirm = self
-                    .channel
-                    .basic_publish(
-                        exchange.into(),
-                        routing_key.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        body,
-                        properties,
-                    )
-                    .await
-                    .expect("publish");
+                    .start_publish(exchange, routing_key, body, FieldTable::default())
+                    .await;
                 pending.push((routing_key, confirm));
             }
             for (routing_key, confirm) in pending {
-                let confirm = confirm.await.expect("confirm");
-                assert!(
-                    matches!(confirm, Confirmation::Ack(None)),
-                    "the broker did not accept a message to {exchange} {routing_key}: {confirm:?}"
-                );
+                assert_accepted(confirm, exchange, routing_key).await;
             }
         }
+    }
+
+    /// Publishes a persistent JSON message with AMQP headers (e.g. `traceparent`) and waits for
+    /// the broker's confirm.
+    pub async fn publish_with_headers(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) {
+        let confirm = self
+            .start_publish(exchange, routing_key, body, headers)
+            .await;
+        assert_accepted(confirm, exchange, routing_key).await;
+    }
+
+    /// One mandatory, persistent JSON publish; its confirm is still to come.
+    async fn start_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> lapin::PublisherConfirm {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
     }
 
     /// Ready messages in a queue (passive declare on a fresh channel, so a missing queue does
@@ -685,6 +755,21 @@ pub fn test_config_yaml(prefix: &str, dir: &Path, extra: &str) -> String {
     serde_yaml_ng::to_string(&config).expect("config as YAML")
 }
 
+/// Workflow `id`: every `Gameplay.DataCaptured` POSTs `{"event": "<event id>"}` to `url` (action
+/// `post`), so that a fake counts events by body and by `Idempotency-Key`.
+pub fn posting_workflow(id: &str, url: &str) -> String {
+    format!(
+        r#"
+workflows:
+  - id: {id}
+    workspace: ws_demo
+    trigger: {{ event: Gameplay.DataCaptured }}
+    actions:
+      - {{ id: post, http: {{ url: "{url}", body: '{{"event": "{{{{ event.id }}}}"}}' }} }}
+"#
+    )
+}
+
 /// Writes `workflows.yaml` and one file per secret under `dir`.
 pub fn write_workflows_and_secrets(dir: &Path, workflows: &str, secrets: &[(&str, &str)]) {
     let workflows_dir = dir.join("workflows");
@@ -758,7 +843,7 @@ impl Harness {
         let yaml = test_config_yaml(&prefix, dir.path(), extra);
         let config = Config::from_yaml(&yaml)
             .unwrap_or_else(|e| panic!("the test config is invalid: {e}\n{yaml}"));
-        switchyard::telemetry::init_logging(&config.log);
+        let _ = switchyard::telemetry::init_logging(&config.log);
         let guard = TopologyGuard::new(&config);
         let token = CancellationToken::new();
         let service = Service::start(config.clone(), Role::All, token.clone())
@@ -784,7 +869,7 @@ impl Harness {
     }
 
     /// The running service's shared state (reloads, connection registry).
-    pub fn app(&self) -> std::sync::Arc<switchyard::app::App> {
+    pub fn app(&self) -> std::sync::Arc<switchyard::shared::Shared> {
         self.service
             .as_ref()
             .map(|s| s.app.clone())
@@ -832,11 +917,6 @@ impl Harness {
         .await;
     }
 
-    /// `switchyard_action_attempts_total{connector="http",outcome=…}`.
-    pub fn http_attempts(outcome: &str) -> String {
-        format!("switchyard_action_attempts_total{{connector=\"http\",outcome=\"{outcome}\"}}")
-    }
-
     /// Stops the service (it must stop cleanly) and deletes the topology.
     pub async fn finish(mut self) {
         self.token.cancel();
@@ -882,15 +962,31 @@ pub fn switchyard_command(args: &[&str], envs: &[(&str, &str)]) -> std::process:
 /// What a finished command printed.
 #[derive(Debug)]
 pub struct Ran {
+    /// The arguments, for failure messages.
+    pub args: String,
     /// The exit code (`None` when killed by a signal).
     pub code: Option<i32>,
     /// Standard output.
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
 }
 
 impl Ran {
+    /// Asserts that the command succeeded (exit 0).
+    #[track_caller]
+    pub fn ok(self) -> Ran {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "switchyard {} failed: {self:#?}",
+            self.args
+        );
+        self
+    }
+
     /// The command could not reach the broker: exit 2, an error that says `says`, and no password.
     pub fn assert_broker_unreachable(&self, says: &str) {
         assert_eq!(self.code, Some(2), "{self:?}");
@@ -906,14 +1002,17 @@ impl Ran {
 pub async fn run_switchyard(args: &[&str], envs: &[(&str, &str)]) -> Ran {
     let mut command = tokio::process::Command::from(switchyard_command(args, envs));
     command.kill_on_drop(true);
+    let started = Instant::now();
     let output = tokio::time::timeout(DEADLINE * 3, command.output())
         .await
         .unwrap_or_else(|_| panic!("switchyard {args:?} did not finish"))
         .expect("the switchyard binary runs");
     Ran {
+        args: args.join(" "),
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
     }
 }
 
@@ -928,31 +1027,84 @@ pub struct Process {
     pub stderr_path: PathBuf,
 }
 
+/// Writes `yaml` as `dir/switchyard.yaml`, starts `switchyard run` on it and waits until it is
+/// ready; the guard deletes its topology at the end.
+pub async fn spawn_ready(dir: &Path, yaml: &str) -> (Process, TopologyGuard) {
+    let config = Config::from_yaml(yaml).expect("valid config");
+    let guard = TopologyGuard::new(&config);
+    let config_path = dir.join("switchyard.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    let mut process = Process::spawn(&config_path, dir, "run");
+    process.wait_ready(DEADLINE).await;
+    (process, guard)
+}
+
 impl Process {
     /// Starts `switchyard run --config <config>` with `metrics.listen` on a free port; `name`
     /// tells apart the log files of several starts in one `dir`.
     pub fn spawn(config: &Path, dir: &Path, name: &str) -> Process {
+        let (command, port) = Process::run_command(config);
+        Process::start(command, port, dir, name)
+    }
+
+    /// `switchyard run --config <config>` with `metrics.listen` on a free port, not started.
+    pub fn run_command(config: &Path) -> (std::process::Command, u16) {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let stdout_path = dir.join(format!("{name}.stdout.log"));
-        let stderr_path = dir.join(format!("{name}.stderr.log"));
-        let child = switchyard_command(
+        let command = switchyard_command(
             &["run", "--config", config.to_str().expect("utf-8 path")],
             &[("SWITCHYARD__METRICS__LISTEN", &listen)],
-        )
-        .stdout(std::process::Stdio::from(
-            std::fs::File::create(&stdout_path).expect("stdout file"),
-        ))
-        .stderr(std::process::Stdio::from(
-            std::fs::File::create(&stderr_path).expect("stderr file"),
-        ))
-        .spawn()
-        .expect("start switchyard run");
+        );
+        (command, port)
+    }
+
+    /// Starts `command` (whose `/readyz` answers on `port`) with its output in files under `dir`.
+    pub fn start(mut command: std::process::Command, port: u16, dir: &Path, name: &str) -> Process {
+        let stdout_path = dir.join(format!("{name}.stdout.log"));
+        let stderr_path = dir.join(format!("{name}.stderr.log"));
+        let child = command
+            .stdout(std::process::Stdio::from(
+                std::fs::File::create(&stdout_path).expect("stdout file"),
+            ))
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(&stderr_path).expect("stderr file"),
+            ))
+            .spawn()
+            .expect("start the command");
         Process {
             child,
             port,
             stderr_path,
         }
+    }
+
+    /// Starts `command` as `command 2>&1 | head -c <bytes>` would: its output goes to a pipe whose
+    /// reader takes the first `bytes` and then closes it. Returns with the reader still reading;
+    /// the handle finishes once the pipe is closed. [`Process::logs`] is empty.
+    pub fn start_into_closing_pipe(
+        mut command: std::process::Command,
+        port: u16,
+        bytes: usize,
+    ) -> (Process, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::Read as _;
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the command");
+        let stderr = child.stderr.take().expect("a piped stderr");
+        let head = std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            // Dropping the pipe's read end at the end of the thread closes it, as `head` exiting does.
+            let _ = stderr.take(bytes as u64).read_to_end(&mut taken);
+            taken
+        });
+        let process = Process {
+            child,
+            port,
+            stderr_path: PathBuf::new(),
+        };
+        (process, head)
     }
 
     /// What it logged so far.
@@ -1021,4 +1173,36 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local RabbitMQ node
+
+/// `rabbitmqctl`, wherever the package put it (`/usr/sbin` is not on every PATH).
+pub fn rabbitmqctl_path() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("rabbitmqctl"))
+        .find(|p| p.is_file())
+        .expect("rabbitmqctl (this test drives the local RabbitMQ node)")
+}
+
+/// `rabbitmqctl ARGS` on the local node; fails the test unless it succeeds. Its standard output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new(rabbitmqctl_path())
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

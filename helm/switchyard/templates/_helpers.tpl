@@ -53,9 +53,13 @@ app.kubernetes.io/part-of: switchyard
 {{- end }}
 {{- end }}
 
-{{/* "repository:tag". */}}
+{{/* "repository:tag", or "repository:tag@digest" when image.digest pins it. */}}
 {{- define "switchyard.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $image := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- with .Values.image.digest }}
+{{- $image = printf "%s@%s" $image . }}
+{{- end }}
+{{- $image }}
 {{- end }}
 
 {{/* The ConfigMap holding switchyard.yaml. */}}
@@ -170,4 +174,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .group }}
 switchyard.io/worker-group: {{ .group | quote }}
 {{- end }}
+{{- end }}
+
+{{/*
+The alert rules of files/alerts.yml with their placeholders filled:
+  @{Alert.key}       prometheusRule.alerts.<Alert>.<key> (thresholds and `for:` durations)
+  @{targetSelector}  the label matchers of this release's scrape targets in `up`
+  @{runbookBaseUrl}  where docs/runbooks/ is served
+A placeholder left unfilled (a typo in values, or a key removed) fails the render.
+*/}}
+{{- define "switchyard.alertRules" -}}
+{{- $rule := .Values.prometheusRule }}
+{{- $rules := .Files.Get "files/alerts.yml" }}
+{{- range $alert, $params := $rule.alerts }}
+{{- range $key, $value := $params }}
+{{- $rules = replace (printf "@{%s.%s}" $alert $key) (toString $value) $rules }}
+{{- end }}
+{{- end }}
+{{- $selector := $rule.targetSelector | default (printf "namespace=%q, job=%q" .Release.Namespace (printf "%s-metrics" (include "switchyard.fullname" .))) }}
+{{- $rules = replace "@{targetSelector}" $selector $rules }}
+{{- $runbooks := $rule.runbookBaseUrl | default (printf "%s/blob/v%s/docs/runbooks/" (trimSuffix "/" .Chart.Home) .Chart.AppVersion) }}
+{{- $rules = replace "@{runbookBaseUrl}" $runbooks $rules }}
+{{- $left := regexFindAll "@\\{[^}]*\\}" $rules -1 | uniq }}
+{{- if $left }}
+{{- fail (printf "prometheusRule.alerts: no value for %s" (join ", " $left)) }}
+{{- end }}
+{{- $rules }}
 {{- end }}

@@ -19,8 +19,8 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::connectors::connection::{check_base_url, render_setting, setting};
-use crate::connectors::{HttpClient, Request};
-use crate::outcome::{self, ErrorClass, Outcome};
+use crate::connectors::{ConnectorKind, HttpClient, Request};
+use crate::outcome::{ErrorClass, Outcome};
 use crate::template::{Context, Engine, TextTemplate};
 
 /// How long a refused token request is remembered, so that a burst of actions on a connection
@@ -409,7 +409,7 @@ pub fn token_request(
         headers,
         body: Some(body.into_bytes()),
         timeout: None,
-        connector: "salesforce",
+        connector: ConnectorKind::Salesforce.name(),
     })
 }
 
@@ -425,7 +425,7 @@ pub async fn fetch(
     let now = chrono::Utc::now().timestamp();
     let request = token_request(grant, ctx, &login_url, now)?;
     let output = match http
-        .send_with(request, outcome::classify_salesforce_token)
+        .send_with(request, super::classify::classify_salesforce_token)
         .await
     {
         Outcome::Success { output, .. } => output,

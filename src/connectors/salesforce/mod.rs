@@ -16,9 +16,10 @@
 //!
 //! One token per connection is shared by every worker task ([`auth::TokenCache`]); a
 //! `401 INVALID_SESSION_ID` fetches a new one and replays the call once. Errors are classified by
-//! `errorCode` in [`crate::outcome::classify_salesforce`].
+//! `errorCode` in [`classify::classify_salesforce`].
 
 pub mod auth;
+pub mod classify;
 
 use std::sync::Arc;
 
@@ -33,10 +34,11 @@ use super::connection::{
     self, ConnectionKey, FieldMap, Limits, LimitsDef, render_required, render_setting,
 };
 use super::http::header_value;
-use super::{Call, Connectors, Request};
+use super::{Call, ConnectorKind, Connectors, Request};
 use crate::outcome::{self, ErrorClass, Outcome};
 use crate::template::{Context, Engine, TextTemplate};
-use crate::workflow::{ActionScope, Connection, Problem};
+use crate::workflow::problem::Problem;
+use crate::workflow::scope::{ActionScope, Connection};
 
 /// The REST API version used when a connection does not name one.
 pub const DEFAULT_API_VERSION: &str = "61.0";
@@ -304,11 +306,15 @@ impl SalesforceAction {
         problems: &mut Vec<Problem>,
     ) -> Option<SalesforceAction> {
         let before = problems.len();
-        let def: ActionSection = connection::parse_section(section, "salesforce", scope, problems)?;
-        let compiled =
-            connection::compile_for(scope, "salesforce", &def.connection, problems, |c| {
-                SalesforceConnection::compile(c, engine)
-            });
+        let def: ActionSection =
+            connection::parse_section(section, ConnectorKind::Salesforce.name(), scope, problems)?;
+        let compiled = connection::compile_for(
+            scope,
+            ConnectorKind::Salesforce.name(),
+            &def.connection,
+            problems,
+            |c| SalesforceConnection::compile(c, engine),
+        );
         if let Some(c) = &compiled {
             connection::warn_if_blocked(scope, &c.login_url, problems);
         }
@@ -366,7 +372,7 @@ impl SalesforceAction {
             };
             let outcome = state
                 .limiter
-                .send(&connectors.http, request, outcome::classify_salesforce)
+                .send(&connectors.http, request, classify::classify_salesforce)
                 .await;
             match outcome {
                 Outcome::Fail(failure) if failure.status == Some(401) && !replayed => {
@@ -426,7 +432,7 @@ impl SalesforceAction {
             headers,
             body,
             timeout: None,
-            connector: "salesforce",
+            connector: ConnectorKind::Salesforce.name(),
         })
     }
 }
@@ -668,18 +674,10 @@ impl Op {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::Catalog;
-    use crate::workflow::def::FileDef;
+    use crate::workflow::{Catalog, compile_yaml};
 
     fn compile(yaml: &str) -> (Option<Catalog>, Vec<String>) {
-        let def: FileDef = serde_yaml_ng::from_str(yaml).expect("yaml");
-        let mut problems = Vec::new();
-        let catalog = Catalog::compile(
-            vec![("wf.yaml".into(), def)],
-            Default::default(),
-            &Engine::new(),
-            &mut problems,
-        );
+        let (catalog, problems) = compile_yaml(yaml);
         let errors: Vec<String> = problems
             .iter()
             .filter(|p| p.severity != crate::workflow::Severity::Warning)
@@ -874,14 +872,7 @@ connections:
         let yaml = workflow(
             "      - { id: a, salesforce: { connection: sf-main, get: { query: \"SELECT Id FROM Lead WHERE Email = '{{ contact.email }}'\" } } }\n",
         );
-        let def: FileDef = serde_yaml_ng::from_str(&yaml).unwrap();
-        let mut problems = Vec::new();
-        Catalog::compile(
-            vec![("wf.yaml".into(), def)],
-            Default::default(),
-            &Engine::new(),
-            &mut problems,
-        );
+        let (_, problems) = compile_yaml(&yaml);
         assert!(
             problems
                 .iter()

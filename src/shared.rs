@@ -1,0 +1,39 @@
+//! The state the stages share: the router and the workers receive it from
+//! the service that runs them ([`crate::app`]) and never import that module, so the pipeline's
+//! rooms depend downwards only. It is built by `Shared::new` in `app.rs`, next to the errors a
+//! start can fail with.
+
+use std::sync::Arc;
+
+use crate::broker::Topology;
+use crate::config::Config;
+use crate::connectors::Connectors;
+use crate::faults::Faults;
+use crate::history::History;
+use crate::server::Health;
+use crate::telemetry::Metrics;
+use crate::template::Engine;
+use crate::workflow;
+
+/// State shared by every task of the process: what the stages need (configuration, names,
+/// workflows, metrics, clients, readiness, fault reporting, history), built by [`crate::app`].
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// The loaded workflows, swapped whole on reload.
+    pub catalog: workflow::Shared,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Outbound clients.
+    pub connectors: Connectors,
+    /// Template engine, kept for reloads.
+    pub engine: Engine,
+    /// Readiness, which `/readyz` reports.
+    pub health: Arc<Health>,
+    /// Where every task of the service reports a panic (which stops the service).
+    pub faults: Arc<Faults>,
+    /// Run history (SPEC §9); off when `history.url` is empty.
+    pub history: History,
+}

@@ -1,0 +1,361 @@
+//! A private RabbitMQ cluster on this machine (tests/cluster.rs): nodes with their own names,
+//! AMQP, distribution and management ports and data directories, clustered with
+//! `rabbitmqctl join_cluster`, and removed when dropped, also when the test panics. The shared
+//! node on 5672 is never touched.
+//!
+//! How extra nodes run as root on Debian:
+//! - `/usr/sbin/rabbitmq-server` and `rabbitmqctl` are wrappers that `su` to the `rabbitmq` user,
+//!   whose home holds the shared node's Erlang cookie. The scripts behind them
+//!   (`/usr/lib/rabbitmq/bin`) are run directly instead, as the current user.
+//! - Every node of the cluster and every `rabbitmqctl` call must present the same cookie: they
+//!   all run with `HOME` set to the cluster's own folder, which holds its own `.erlang.cookie`.
+//! - `/etc/rabbitmq/rabbitmq-env.conf` names the shared node (`NODENAME=rabbit@localhost`), and
+//!   `/etc/rabbitmq/rabbitmq.conf` its listener: each node gets its own (empty) env file and its
+//!   own config file instead.
+//! - Nodes register with the epmd already running for the shared node; distribution listens on
+//!   the loopback only.
+//!
+//! Start-up is what the test waits for most, so the nodes boot in parallel, then the others join
+//! the first in parallel.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// How long one node may take to boot (a loaded CI machine boots three at once).
+const BOOT: Duration = Duration::from_secs(120);
+
+/// One node of the cluster.
+pub struct Node {
+    /// Erlang node name, `sy<id>-a@localhost`.
+    pub name: String,
+    /// AMQP port on 127.0.0.1.
+    pub amqp_port: u16,
+    /// Management API port on 127.0.0.1.
+    pub management_port: u16,
+    /// Erlang distribution port.
+    dist_port: u16,
+    /// Config, data and logs.
+    dir: PathBuf,
+    /// The `rabbitmq-server` script while the node runs (the Erlang VM is its child).
+    server: Option<Child>,
+}
+
+impl Node {
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// `127.0.0.1:<port>`: how switchyard's logs name the node.
+    pub fn label(&self) -> String {
+        format!("127.0.0.1:{}", self.amqp_port)
+    }
+
+    /// `http://127.0.0.1:<management port>`.
+    pub fn management_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.management_port)
+    }
+
+    /// The last lines of its log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = self.dir.join("log").join(format!("{}.log", self.name));
+        let text = std::fs::read_to_string(&log)
+            .or_else(|_| std::fs::read_to_string(self.dir.join("server.out")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The Erlang VM's process id (the pid file is written early in the boot).
+    fn vm_pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .map(|pid| pid.trim().to_owned())
+            .filter(|pid| !pid.is_empty())
+    }
+}
+
+/// A running private cluster.
+pub struct Cluster {
+    /// Holds the cookie (as `HOME`) and each node's folder.
+    home: tempfile::TempDir,
+    /// Where the unwrapped RabbitMQ scripts are.
+    scripts: PathBuf,
+    /// The nodes; the first is the one the others joined.
+    pub nodes: Vec<Node>,
+    /// Kills the nodes if this process dies before `Drop` runs ([`Cluster::watchdog`]).
+    watchdog: Option<Child>,
+}
+
+/// The folder of the `rabbitmq-server` and `rabbitmqctl` scripts that do not switch user:
+/// Debian's, or the folder of `rabbitmq-server` on the `PATH` (Homebrew, the generic tarball).
+fn scripts_dir() -> PathBuf {
+    let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
+    if debian.join("rabbitmq-server").is_file() {
+        return debian;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .find(|dir| dir.join("rabbitmq-server").is_file())
+        .expect("rabbitmq-server is installed (the cluster test starts its own nodes)")
+}
+
+impl Cluster {
+    /// Boots `size` nodes named `sy<random>-a`, `-b`, … and clusters them.
+    pub async fn start(size: usize) -> Cluster {
+        let home = tempfile::Builder::new()
+            .prefix("switchyard-cluster-")
+            .tempdir()
+            .expect("a folder for the cluster");
+        let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let cookie = home.path().join(".erlang.cookie");
+        std::fs::write(&cookie, format!("SWITCHYARDTEST{id}")).expect("write the cookie");
+        // Erlang refuses a cookie file that others can read.
+        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+            .expect("cookie permissions");
+        let mut cluster = Cluster {
+            scripts: scripts_dir(),
+            nodes: (0..size)
+                .map(|i| {
+                    let letter = char::from(b'a' + i as u8);
+                    Node {
+                        name: format!("sy{id}-{letter}@localhost"),
+                        amqp_port: free_port(),
+                        management_port: free_port(),
+                        dist_port: free_port(),
+                        dir: home.path().join(letter.to_string()),
+                        server: None,
+                    }
+                })
+                .collect(),
+            home,
+            watchdog: None,
+        };
+        for node in &cluster.nodes {
+            write_node_files(node);
+        }
+        cluster.watchdog = Some(cluster.watchdog());
+        for i in 0..size {
+            cluster.boot(i);
+        }
+        for i in 0..size {
+            cluster.await_startup(i).await;
+        }
+        let first = cluster.nodes[0].name.clone();
+        let joins = (1..size).map(|i| {
+            let cluster = &cluster;
+            let first = first.clone();
+            async move {
+                cluster.ctl(i, &["stop_app"]).await;
+                cluster.ctl(i, &["join_cluster", &first]).await;
+                cluster.ctl(i, &["start_app"]).await;
+            }
+        });
+        futures::future::join_all(joins).await;
+        let status = cluster
+            .ctl(0, &["cluster_status", "--formatter", "json"])
+            .await;
+        for node in &cluster.nodes {
+            assert!(
+                status.contains(&format!("\"{}\"", node.name)),
+                "{} is in the cluster: {status}",
+                node.name
+            );
+        }
+        cluster
+    }
+
+    /// Removes the nodes even if the test process is killed (a timeout, SIGKILL) and `Drop` never
+    /// runs: a shell waits for this process to end, or for the folder to go (a normal drop), then
+    /// kills every node still in its pid file and deletes the folder.
+    fn watchdog(&self) -> Child {
+        let home = self.home.path().display().to_string();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null && [ -d '{home}' ]; do sleep 1; done; \
+             for f in '{home}'/*/pid; do [ -f \"$f\" ] && kill -9 \"$(cat \"$f\")\"; done; \
+             rm -rf '{home}'",
+            pid = std::process::id()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster's watchdog")
+    }
+
+    /// Every node's URL, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    /// Starts node `i`'s `rabbitmq-server` (it keeps its data, so a stopped node rejoins).
+    fn boot(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        // A pid file from an earlier run of the node would pass for this one.
+        let _ = std::fs::remove_file(node.dir.join("pid"));
+        let out = std::fs::File::create(node.dir.join("server.out")).expect("server.out");
+        let err = out.try_clone().expect("server.out");
+        let server = Command::new(self.scripts.join("rabbitmq-server"))
+            .env("HOME", self.home.path())
+            .env("RABBITMQ_NODENAME", &node.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", node.amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
+            .env("RABBITMQ_PID_FILE", node.dir.join("pid"))
+            .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq.conf"))
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                node.dir.join("advanced.config"),
+            )
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                node.dir.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_CONF_ENV_FILE", node.dir.join("rabbitmq-env.conf"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .current_dir(&node.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start rabbitmq-server");
+        self.nodes[i].server = Some(server);
+    }
+
+    /// Waits until node `i` runs (`rabbitmqctl await_startup` answers only once the node has
+    /// registered, so it is asked again until then).
+    async fn await_startup(&mut self, i: usize) {
+        let deadline = Instant::now() + BOOT;
+        loop {
+            if self.nodes[i].vm_pid().is_some()
+                && self
+                    .try_ctl(i, &["await_startup", "--timeout", "120"])
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            if let Some(server) = self.nodes[i].server.as_mut()
+                && let Ok(Some(status)) = server.try_wait()
+            {
+                panic!(
+                    "{} exited while booting ({status}):\n{}",
+                    self.nodes[i].name,
+                    self.nodes[i].log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not boot within {BOOT:?}:\n{}",
+                self.nodes[i].name,
+                self.nodes[i].log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `rabbitmqctl -n <node i> <args>`; its output, or why it failed.
+    pub async fn try_ctl(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        let output = tokio::process::Command::new(self.scripts.join("rabbitmqctl"))
+            .env("HOME", self.home.path())
+            .arg("-n")
+            .arg(&self.nodes[i].name)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("rabbitmqctl: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.success() {
+            true => Ok(stdout),
+            false => Err(format!(
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )),
+        }
+    }
+
+    /// [`Cluster::try_ctl`] that must succeed.
+    pub async fn ctl(&self, i: usize, args: &[&str]) -> String {
+        self.try_ctl(i, args).await.unwrap_or_else(|e| {
+            panic!(
+                "rabbitmqctl -n {} {args:?} failed:\n{e}\n{}",
+                self.nodes[i].name,
+                self.nodes[i].log_tail()
+            )
+        })
+    }
+
+    /// Stops node `i` cleanly (`rabbitmqctl stop`): the cluster sees it leave.
+    pub async fn stop(&mut self, i: usize) {
+        self.ctl(i, &["stop"]).await;
+        if let Some(mut server) = self.nodes[i].server.take() {
+            let _ = tokio::task::spawn_blocking(move || server.wait()).await;
+        }
+    }
+
+    /// Starts a stopped node `i` again and waits until it runs (it rejoins the cluster).
+    pub async fn restart(&mut self, i: usize) {
+        self.boot(i);
+        self.await_startup(i).await;
+    }
+
+    /// `kill -9` of node `i`'s Erlang VM: no goodbye to the cluster or the clients.
+    pub fn kill9(&mut self, i: usize) {
+        kill_node(&mut self.nodes[i]);
+    }
+}
+
+/// SIGKILLs a node's VM and its script, and reaps the script.
+fn kill_node(node: &mut Node) {
+    if let Some(pid) = node.vm_pid() {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        let _ = std::fs::remove_file(node.dir.join("pid"));
+    }
+    if let Some(mut server) = node.server.take() {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            kill_node(node);
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// The node's config file, its plugins (management, for queue leaders) and an empty env file.
+fn write_node_files(node: &Node) {
+    std::fs::create_dir_all(&node.dir).expect("node folder");
+    let write = |name: &str, text: String| {
+        std::fs::write(node.dir.join(name), text).expect("write a node file");
+    };
+    write(
+        "rabbitmq.conf",
+        format!(
+            "management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {}\n",
+            node.management_port
+        ),
+    );
+    write("enabled_plugins", "[rabbitmq_management].\n".into());
+    write("rabbitmq-env.conf", String::new());
+}
