@@ -17,7 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A forwarding HTTP proxy on 127.0.0.1 that records the request line of every connection it
-/// serves (`CONNECT host:port HTTP/1.1`, or `GET http://host:port/path HTTP/1.1`).
+/// serves (`CONNECT host:port HTTP/1.1`, or `GET http://host:port/path HTTP/1.1`); plain requests
+/// are forwarded with `Connection: close`, so that each connection carries one request.
 struct FakeProxy {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
@@ -80,7 +81,17 @@ impl FakeProxy {
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 .await?;
         } else {
-            // Origin servers accept the absolute form too: forward the head as it came.
+            // Origin servers accept the absolute form too: forward the head as it came, but
+            // asking the origin to close after its answer, so that the client's next request opens
+            // a new connection whose first line is recorded (a reused one would go unseen).
+            let head: String = head
+                .split_inclusive("\r\n")
+                .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+                .collect();
+            let head = format!(
+                "{}Connection: close\r\n\r\n",
+                head.strip_suffix("\r\n").unwrap_or(&head)
+            );
             upstream.write_all(head.as_bytes()).await?;
         }
         tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
