@@ -33,7 +33,7 @@ POSTGRES_HOST     ?= 127.0.0.1
 POSTGRES_PORT     ?= 5432
 POSTGRES_PASSWORD ?= switchyard
 
-.PHONY: help rabbitmq postgres run sink publish test test-cluster bench bench-history lint fmt validate topology fuzz
+.PHONY: help rabbitmq postgres run sink publish test test-cluster bench bench-history bench-isolation lint fmt validate topology fuzz
 
 help: ## List the targets
 	@echo "switchyard — make targets:"
@@ -138,6 +138,13 @@ bench-history: rabbitmq postgres ## Run history's cost on the pipeline (paired r
 	$(CARGO) build --release -p switchyard-bench
 	./target/release/switchyard-bench --history-url '$(HISTORY_BENCH_URL)' --history-pairs 3 --events 20000 --latency-events 15000 --latency-rate 2000 $(BENCH_ARGS)
 	./target/release/switchyard-bench history --url '$(HISTORY_BENCH_URL)'
+
+# Destinations' isolation (issue 14): 50 destinations, one of which hangs, then answers 429 with
+# Retry-After: 30, against a run with all 50 healthy; the other 49's throughput and p99 are compared.
+bench-isolation: rabbitmq ## One dead or throttling destination among 50: what the other 49 keep
+	$(CARGO) build --release --bin switchyard
+	$(CARGO) build --release -p switchyard-bench
+	./target/release/switchyard-bench isolation $(BENCH_ARGS)
 
 lint: ## Check formatting, clippy warnings and that no module imports in a cycle (cargo-modules)
 	$(CARGO) fmt --all -- --check

@@ -13,6 +13,7 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +22,8 @@ use tracing::{error, info, warn};
 use crate::broker::{self, AmqpContext, BrokerError, Publisher, Topology};
 use crate::config::Config;
 use crate::connectors::{ConnectorKind, Connectors, HttpClient};
+use crate::control::Follower;
+use crate::destinations::Destinations;
 use crate::faults::Faults;
 use crate::history::{History, HistoryError};
 use crate::net::Guard;
@@ -123,12 +126,10 @@ impl Shared {
         };
         let metrics = Metrics::new(&ConnectorKind::names());
         metrics.workflows_loaded.set(catalog.workflows.len() as i64);
+        let destinations = Destinations::new(config.destinations.clone(), metrics.clone());
+        let control = Follower::new(&config, destinations.clone());
         let connectors = Connectors::new(
-            HttpClient::new(
-                &config.http,
-                config.worker.per_host_limit(),
-                metrics.clone(),
-            )?,
+            HttpClient::new(&config.http, config.worker.per_host_limit(), destinations)?,
             metrics.clone(),
         );
         let health = Arc::new(Health::default());
@@ -140,6 +141,7 @@ impl Shared {
         };
         Ok(Shared {
             history,
+            control,
             topology: Topology::new(&config),
             catalog: Arc::new(arc_swap::ArcSwap::from_pointee(catalog)),
             metrics,
@@ -236,6 +238,10 @@ impl Service {
                 app.health.clone(),
                 shutdown.clone(),
             ),
+        ));
+        tokio::spawn(faults.guard(
+            "destination states",
+            refresh_destinations(app.clone(), shutdown.clone()),
         ));
         info!(role = ?role, metrics = %metrics_addr, prefix = %app.config.amqp.prefix, "switchyard started");
         let task = tokio::spawn(supervise(app.clone(), role, shutdown));
@@ -384,13 +390,33 @@ async fn session(
         ));
     }
     if role.works() {
-        loops.spawn(worker::run(
+        let (caught_up, mut ready) = watch::channel(false);
+        loops.spawn(
+            app.control
+                .clone()
+                .run(connection.clone(), caught_up, stop.clone()),
+        );
+        let worker = worker::run(
             app.clone(),
             connection.clone(),
             publisher.clone(),
             stop.clone(),
             tracker.clone(),
-        ));
+        );
+        loops.spawn(async move {
+            // Every pause in force before the first call (SPEC §10: pauses survive restarts).
+            // Bounded: a broker that blocks publishing (an alarm) must not keep the worker off.
+            if tokio::time::timeout(PAUSES_WAIT, ready.wait_for(|ready| *ready))
+                .await
+                .is_err()
+            {
+                warn!(
+                    wait_ms = PAUSES_WAIT.as_millis() as u64,
+                    "the destinations' pauses were not read in time; the worker starts anyway and applies them as they arrive"
+                );
+            }
+            worker.await
+        });
     }
     let depths = tokio::spawn(app.faults.guard(
         "queue depths",
@@ -470,6 +496,21 @@ async fn session(
             // The channel is gone: in-flight work cannot ack and will be redelivered.
             broker::close_connection(&connection, 320, "reconnecting").await;
             Err(e)
+        }
+    }
+}
+
+/// How long a worker waits for the pauses in force before it consumes.
+const PAUSES_WAIT: Duration = Duration::from_secs(10);
+
+/// Quarantines what is due and refreshes the SPEC §10 gauges once a second, broker or not.
+async fn refresh_destinations(app: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => app.connectors.http.destinations().refresh(),
         }
     }
 }

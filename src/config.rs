@@ -50,6 +50,11 @@ history:
   response_excerpt: 4KiB
   store_payloads: true
   buffer_rows: 100000
+destinations:
+  quarantine_after: 24h
+  max_tracked: 500
+  failure_threshold: 5
+  cool_down: 30s
 "#;
 
 /// Keys whose environment value is a comma-separated list.
@@ -110,6 +115,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Run history in PostgreSQL (SPEC §9).
     pub history: HistoryConfig,
+    /// Destinations: breakers, quarantine, the metrics' cardinality cap (SPEC §10).
+    pub destinations: DestinationsConfig,
 }
 
 /// `amqp:` settings.
@@ -273,6 +280,22 @@ pub struct WorkflowsConfig {
 pub struct SecretsConfig {
     /// One file per secret, named after it.
     pub dir: PathBuf,
+}
+
+/// `destinations:` settings (SPEC §10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// A destination failing without a success this long is quarantined (paused automatically).
+    #[serde(deserialize_with = "de_duration")]
+    pub quarantine_after: Duration,
+    /// Destinations with a label value of their own in the metrics; the rest are `other`.
+    pub max_tracked: usize,
+    /// Consecutive retryable failures that open a destination's circuit breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker holds calls before one probe goes through.
+    #[serde(deserialize_with = "de_duration")]
+    pub cool_down: Duration,
 }
 
 /// `history:` settings (SPEC §9).
@@ -467,7 +490,8 @@ impl Config {
         }
         crate::connectors::proxy::ProxyRules::new(&self.http.proxy, &self.http.no_proxy)
             .map_err(|e| e.to_string())?;
-        self.validate_history()
+        self.validate_history()?;
+        self.validate_destinations()
     }
 
     fn validate_history(&self) -> Result<(), String> {
@@ -494,6 +518,22 @@ impl Config {
         }
         if history.buffer_rows == 0 {
             return Err("history.buffer_rows must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn validate_destinations(&self) -> Result<(), String> {
+        let destinations = &self.destinations;
+        if destinations.quarantine_after.is_zero() {
+            return Err(
+                "destinations.quarantine_after must be longer than 0s (24h by default)".into(),
+            );
+        }
+        if destinations.failure_threshold == 0 {
+            return Err("destinations.failure_threshold must be at least 1".into());
+        }
+        if destinations.cool_down.is_zero() {
+            return Err("destinations.cool_down must be longer than 0s (30s by default)".into());
         }
         Ok(())
     }

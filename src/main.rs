@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::commands::{self, dlq};
+use switchyard::commands::{self, destinations, dlq};
 use switchyard::{Role, Service, reload, runs, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: runs::Command,
     },
+    /// Destinations (connections, webhooks, hosts): list their states, pause and resume them.
+    Destinations {
+        #[command(subcommand)]
+        command: destinations::Command,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +118,9 @@ fn main() -> ExitCode {
             runtime.block_on(reload::reload(&config, &args.config, pid, &mut out))
         }
         Command::Runs { command } => runtime.block_on(runs::run(&config, command, &mut out)),
+        Command::Destinations { command } => {
+            runtime.block_on(destinations::run(&config, command, &mut out))
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub enum Outcome {
     Retry(Failure),
     /// Will never succeed as it is.
     Fail(Failure),
+    /// Not called: the destination holds its calls (breaker open, paused, quarantined or
+    /// rate-limited). The action goes back on the broker without using an attempt (SPEC §10).
+    Held(crate::destinations::Hold),
 }
 
 impl Outcome {
@@ -187,8 +190,8 @@ fn json_message(json: &Value) -> Option<String> {
     }
 }
 
-/// How long the remote asked us to wait: `Retry-After` (seconds or an HTTP date) or
-/// `X-RateLimit-Reset` (epoch seconds, or seconds from now when small).
+/// How long the remote asked us to wait: `Retry-After` (seconds or an HTTP date), or
+/// `X-RateLimit-Reset` / `RateLimit-Reset` ([`crate::destinations::limits::reset_time`]).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| {
         headers
@@ -204,16 +207,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(when.duration_since(now).unwrap_or_default());
         }
     }
-    let reset = header("x-ratelimit-reset")?.parse::<f64>().ok()?;
-    if !reset.is_finite() || reset < 0.0 {
-        return None;
-    }
-    // Values below a year's worth of seconds are a delta; larger ones an epoch time.
-    if reset < 31_536_000.0 {
-        return Some(Duration::from_secs_f64(reset));
-    }
-    let when = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(reset);
-    Some(when.duration_since(now).unwrap_or_default())
+    header("x-ratelimit-reset")
+        .or_else(|| header("ratelimit-reset"))
+        .and_then(|value| crate::destinations::limits::reset_time(value, now))
 }
 
 fn httpdate_parse(value: &str) -> Result<SystemTime, ()> {
@@ -326,6 +322,7 @@ mod tests {
                 Outcome::Success { .. } => "success",
                 Outcome::Retry(_) => "retry",
                 Outcome::Fail(_) => "fail",
+                Outcome::Held(_) => "held",
             };
             assert_eq!(got, *want, "status {status}");
         }
@@ -458,6 +455,7 @@ pub(crate) mod cases {
                 Outcome::Success { .. } => ("success", String::new()),
                 Outcome::Retry(f) => ("retry", f.reason.clone()),
                 Outcome::Fail(f) => ("fail", f.reason.clone()),
+                Outcome::Held(h) => ("held", h.reason.clone()),
             };
             assert_eq!(kind, *want, "{status} {body}: {got:?}");
             assert!(

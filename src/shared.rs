@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::broker::Topology;
 use crate::config::Config;
 use crate::connectors::Connectors;
+use crate::control::Follower;
 use crate::faults::Faults;
 use crate::history::History;
 use crate::server::Health;
@@ -36,4 +37,6 @@ pub struct Shared {
     pub faults: Arc<Faults>,
     /// Run history (SPEC §9); off when `history.url` is empty.
     pub history: History,
+    /// Follows the operators' pauses and resumes, and publishes the destinations' status (SPEC §10).
+    pub control: Arc<Follower>,
 }

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -104,6 +105,24 @@ pub struct VersionLabel {
     pub version: &'static str,
 }
 
+/// `destination`, `kind`, `state` (SPEC §10).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationStateLabel {
+    /// A destination id, or `other` beyond `destinations.max_tracked`.
+    pub destination: String,
+    /// `connection`, `webhook` or `host`.
+    pub kind: &'static str,
+    /// `healthy`, `failing`, `open`, `paused` or `quarantined`.
+    pub state: &'static str,
+}
+
+/// `destination` (SPEC §10).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// A destination id, or `other` beyond `destinations.max_tracked`.
+    pub destination: String,
+}
+
 type HistogramFamily = Family<ConnectorLabel, Histogram, fn() -> Histogram>;
 
 /// Every metric the service exports.
@@ -152,6 +171,13 @@ pub struct Metrics {
     pub history_dropped: Counter,
     /// `switchyard_history_batch_seconds`: one history batch written.
     pub history_batch_seconds: Histogram,
+    /// `switchyard_destination_state{destination,kind,state}` (SPEC §10).
+    pub destination_state: Family<DestinationStateLabel, Gauge>,
+    /// `switchyard_held_actions{destination}` (SPEC §10): this process's count.
+    pub held_actions: Family<DestinationLabel, Gauge>,
+    /// `switchyard_destination_error_ratio{destination}`: failed calls / calls over the last
+    /// 10 s window (the dashboard's destinations row; `other` shows the worst of the rest).
+    pub destination_error_ratio: Family<DestinationLabel, Gauge<f64, AtomicU64>>,
 }
 
 fn call_buckets() -> Histogram {
@@ -192,6 +218,9 @@ impl Metrics {
             history_rows_written: Counter::default(),
             history_dropped: Counter::default(),
             history_batch_seconds: call_buckets(),
+            destination_state: Family::default(),
+            held_actions: Family::default(),
+            destination_error_ratio: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -293,6 +322,21 @@ impl Metrics {
             "switchyard_history_batch_seconds",
             "Time to write one run history batch",
             m.history_batch_seconds.clone(),
+        );
+        registry.register(
+            "switchyard_destination_state",
+            "1 for a destination's current state, 0 for the others (destination=\"other\" counts the untracked)",
+            m.destination_state.clone(),
+        );
+        registry.register(
+            "switchyard_held_actions",
+            "Actions this process put on hold for a destination (open, paused, quarantined or rate-limited), not yet back",
+            m.held_actions.clone(),
+        );
+        registry.register(
+            "switchyard_destination_error_ratio",
+            "Failed calls / calls of a destination over the last 10 s (destination=\"other\": the worst of the untracked)",
+            m.destination_error_ratio.clone(),
         );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info

@@ -526,21 +526,6 @@ workflows:
     h.wait_metric(&success, 3.0).await;
     assert_eq!(h.metric(&retry).await, 3.0);
 
-    // The daily limit waits for the longest tier.
-    fake.script([salesforce_error(
-        403,
-        "REQUEST_LIMIT_EXCEEDED",
-        "TotalRequests Limit exceeded.",
-    )]);
-    h.publish(&with_email("evt_sf_err_daily", "cy@example.com"))
-        .await;
-    let longest = h.name("retry.1h");
-    wait_until("the daily-limit retry in the 1h tier", async || {
-        h.broker.queue_len(&longest).await == 1
-    })
-    .await;
-    assert_eq!(h.metric(&retry).await, 4.0);
-
     // Validation errors are permanent, with Salesforce's message in the reason.
     let mut no_last_name = with_email("evt_sf_err_required", "eve@example.com");
     no_last_name["contact"]["last_name"] = Value::Null;
@@ -576,7 +561,36 @@ workflows:
             "not retried"
         );
     }
+    // The daily limit waits for the longest tier, and holds the whole connection (SPEC §10): an
+    // action for it published afterwards is held on the broker, not called.
+    fake.script([salesforce_error(
+        403,
+        "REQUEST_LIMIT_EXCEEDED",
+        "TotalRequests Limit exceeded.",
+    )]);
+    h.publish(&with_email("evt_sf_err_daily", "cy@example.com"))
+        .await;
+    let longest = h.name("retry.1h");
+    wait_until("the daily-limit retry in the 1h tier", async || {
+        h.broker.queue_len(&longest).await == 1
+    })
+    .await;
     assert_eq!(h.metric(&retry).await, 4.0);
+    let calls = fake.server.count();
+    h.publish(&with_email("evt_sf_err_after_daily", "fy@example.com"))
+        .await;
+    wait_until("the next action held for the daily limit", async || {
+        h.app()
+            .connectors
+            .http
+            .destinations()
+            .statuses()
+            .iter()
+            .any(|s| s.id == "sf-main" && s.holds >= 1)
+    })
+    .await;
+    assert_eq!(fake.server.count(), calls, "not called inside the limit");
+
     assert_eq!(fake.tokens_issued(), 1);
     h.finish().await;
 }
@@ -1219,7 +1233,7 @@ async fn braze_429_waits_until_the_rate_limit_reset_and_a_400_is_permanent() {
     )
     .await;
 
-    let reset = chrono::Utc::now().timestamp() + 30;
+    let reset = chrono::Utc::now().timestamp() + 5;
     let mut throttled = Reply::json(429, &json!({ "message": "Rate limit exceeded" }));
     throttled.headers.extend([
         ("x-ratelimit-limit".to_owned(), "3000".to_owned()),
@@ -1229,7 +1243,7 @@ async fn braze_429_waits_until_the_rate_limit_reset_and_a_400_is_permanent() {
     fake.script([throttled]);
     h.publish(&event("evt_braze_429", "Gameplay.DataCaptured"))
         .await;
-    // 30 s until the reset: past the 1s tier, so the retry waits in the 1m tier.
+    // Seconds until the reset: past the 1s tier, so the retry waits in the 1m tier (until then).
     let tier = h.name("retry.1m");
     wait_until("the 429 retry in the 1m tier", async || {
         h.broker.queue_len(&tier).await == 1
@@ -1238,6 +1252,38 @@ async fn braze_429_waits_until_the_rate_limit_reset_and_a_400_is_permanent() {
     assert_eq!(h.metric(&attempts("braze", "retry")).await, 1.0);
     assert_eq!(h.broker.queue_len(&h.name("retry.1s")).await, 0);
     assert_eq!(fake.server.count(), 1);
+
+    // The limit is the connection's, not the one action's (SPEC §10): another action for it,
+    // published inside the window, is held on the broker and called only after the reset.
+    h.publish(&event("evt_braze_held", "Gameplay.DataCaptured"))
+        .await;
+    wait_until("both actions called after the reset", async || {
+        fake.server.count() == 3
+    })
+    .await;
+    let window_end = std::time::UNIX_EPOCH + Duration::from_secs(reset as u64 - 1);
+    let calls = fake.server.requests();
+    let first = calls[0].at;
+    let now = (std::time::Instant::now(), std::time::SystemTime::now());
+    for call in &calls[1..] {
+        let at = now.1 - now.0.duration_since(call.at);
+        assert!(
+            at >= window_end,
+            "a call went {:?} after the 429, before the reset",
+            call.at.duration_since(first)
+        );
+    }
+    let held = h
+        .app()
+        .connectors
+        .http
+        .destinations()
+        .statuses()
+        .into_iter()
+        .find(|s| s.id == "braze-main")
+        .expect("the connection is a destination");
+    assert!(held.holds >= 1, "the second action was held: {held:?}");
+    assert_eq!(h.metric(&attempts("braze", "success")).await, 2.0);
 
     fake.script([Reply::json(
         400,

@@ -154,6 +154,12 @@ async fn service_with_traffic(name: &str) -> (Harness, FakeServer) {
         h.metrics().await.contains("switchyard_queue_messages{")
     })
     .await;
+    // The destination gauges (SPEC §10) are refreshed once a second.
+    wait_until("the destination gauges to be reported", async || {
+        let text = h.metrics().await;
+        text.contains("switchyard_destination_state{") && text.contains("switchyard_held_actions{")
+    })
+    .await;
     (h, fake)
 }
 
@@ -207,6 +213,9 @@ async fn dashboard_and_alert_metrics_exist_in_the_real_metrics_output() {
         "switchyard_history_rows_written_total",
         "switchyard_history_dropped_total",
         "switchyard_history_batch_seconds_bucket",
+        "switchyard_destination_state",
+        "switchyard_held_actions",
+        "switchyard_destination_error_ratio",
     ] {
         assert!(
             shown.contains(family),

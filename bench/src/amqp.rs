@@ -465,6 +465,10 @@ pub async fn delete_topology(
     let connection = connect(url, "switchyard-bench clean-up").await?;
     let mut failed = Vec::new();
     let mut queues = topology.all_queues();
+    queues.extend([
+        topology.destinations.clone(),
+        topology.destinations_status.clone(),
+    ]);
     queues.extend(extra.iter().cloned());
     for queue in &queues {
         let channel = connection

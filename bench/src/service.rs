@@ -32,6 +32,9 @@ pub struct Scenario {
     pub actions_per_event: u64,
     /// Workflows loaded beside the bench's own (`--workflows`).
     pub workflows: u64,
+    /// `(first port, count)`: event `seq` is sent to `127.0.0.1:(first + seq % count)`, one
+    /// destination per port (`switchyard-bench isolation`); `None`: everything to the sink.
+    pub ports: Option<(u16, u16)>,
 }
 
 /// Everything needed to start the service.
@@ -160,7 +163,12 @@ pub fn write_files(
         std::fs::create_dir_all(folder)
             .with_context(|| format!("creating {}", folder.display()))?;
     }
-    let url = format!("http://{sink}/bench");
+    let url = match scenario.ports {
+        Some((first, count)) => {
+            format!("http://127.0.0.1:{{{{ data.seq | modulo: {count} | plus: {first} }}}}/bench")
+        }
+        None => format!("http://{sink}/bench"),
+    };
     std::fs::write(
         workflows.join("bench.yaml"),
         workflow(&url, scenario.actions_per_event),

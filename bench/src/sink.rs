@@ -41,6 +41,9 @@ pub struct Sink {
     arrivals: Arc<Arrivals>,
     /// Where it listens.
     addr: SocketAddr,
+    /// Events whose `seq` is a multiple of this never come here (another server takes them: the
+    /// isolation bench's bad destination); 0: every event comes.
+    skip_every: u64,
 }
 
 /// A phase's arrivals, once complete.
@@ -77,6 +80,18 @@ impl Sink {
     /// Starts on 127.0.0.1 (a free port) for events numbered `0..capacity`, each making
     /// `fanout` calls (the body's `k`, 0 to `fanout - 1`).
     pub async fn start(capacity: u64, fanout: u64) -> anyhow::Result<Sink> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the sink")?;
+        Sink::start_on(vec![listener], capacity, fanout, 0).await
+    }
+
+    /// [`Sink::start`] on every one of `listeners` (one counter behind several destinations),
+    /// expecting no event whose `seq` is a multiple of `skip_every` (0: none skipped).
+    pub async fn start_on(
+        listeners: Vec<std::net::TcpListener>,
+        capacity: u64,
+        fanout: u64,
+        skip_every: u64,
+    ) -> anyhow::Result<Sink> {
         let fanout = fanout.max(1);
         let arrivals = Arc::new(Arrivals {
             fanout,
@@ -85,17 +100,28 @@ impl Sink {
             unreadable: AtomicU64::new(0),
             last_us: AtomicU64::new(0),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the sink")?;
-        let addr = listener.local_addr().context("the sink's address")?;
+        let mut addr = None;
         let app = Router::new().fallback(receive).with_state(arrivals.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("bench: the sink stopped: {e}");
-            }
-        });
-        Ok(Sink { arrivals, addr })
+        for listener in listeners {
+            listener
+                .set_nonblocking(true)
+                .context("a non-blocking sink socket")?;
+            addr.get_or_insert(listener.local_addr().context("the sink's address")?);
+            let listener =
+                tokio::net::TcpListener::from_std(listener).context("serving the sink")?;
+            let app = app.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    eprintln!("bench: the sink stopped: {e}");
+                }
+            });
+        }
+        let addr = addr.context("the sink needs a listener")?;
+        Ok(Sink {
+            arrivals,
+            addr,
+            skip_every,
+        })
     }
 
     /// Where it listens.
@@ -109,10 +135,25 @@ impl Sink {
         &self.arrivals.latency[(range.start * fanout) as usize..(range.end * fanout) as usize]
     }
 
-    /// How many calls of the events of `range` have arrived.
-    fn arrived(&self, range: Range<u64>) -> u64 {
+    /// Whether event `seq` comes to this sink.
+    fn expects(&self, seq: u64) -> bool {
+        self.skip_every == 0 || !seq.is_multiple_of(self.skip_every)
+    }
+
+    /// The calls of the events of `range` this sink expects, with their slots.
+    fn expected_slots(&self, range: Range<u64>) -> impl Iterator<Item = &AtomicU64> {
+        let fanout = self.arrivals.fanout as usize;
+        let start = range.start;
         self.slots(range)
             .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.expects(start + (*i / fanout) as u64))
+            .map(|(_, slot)| slot)
+    }
+
+    /// How many calls of the events of `range` have arrived.
+    fn arrived(&self, range: Range<u64>) -> u64 {
+        self.expected_slots(range)
             .filter(|l| l.load(Ordering::Relaxed) != 0)
             .count() as u64
     }
@@ -120,7 +161,7 @@ impl Sink {
     /// Waits until every call of the events of `range` has arrived, nothing arrives for `stall`,
     /// or `alive()` says the service is gone.
     pub async fn wait(&self, range: Range<u64>, stall: Duration, alive: impl Fn() -> bool) -> Wait {
-        let expected = (range.end - range.start) * self.arrivals.fanout;
+        let expected = self.expected_slots(range.clone()).count() as u64;
         let mut seen = 0;
         let mut progress = Instant::now();
         loop {
@@ -149,8 +190,7 @@ impl Sink {
 
     /// The latencies (µs) of the calls of the events of `range` that arrived.
     pub fn latencies_us(&self, range: Range<u64>) -> Vec<u64> {
-        self.slots(range)
-            .iter()
+        self.expected_slots(range)
             .map(|l| l.load(Ordering::Relaxed))
             .filter(|&l| l != 0)
             .map(|l| l - 1)

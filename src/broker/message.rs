@@ -34,6 +34,10 @@ pub const H_CLASS: &str = "x-switchyard-error-class";
 pub const H_LAST_STATUS: &str = "x-switchyard-last-status";
 /// When it was dead-lettered.
 pub const H_DEAD_AT: &str = "x-switchyard-dead-at";
+/// The destination an action was held for (`kind:id`, SPEC §10), while it waits on the broker.
+pub const H_HELD_FOR: &str = "x-switchyard-held-for";
+/// How many times an action was held (never counted as attempts).
+pub const H_HELD: &str = "x-switchyard-held";
 /// Set to `replay` on an action that `switchyard runs replay` published again (run history).
 pub const H_TRIGGER: &str = "x-switchyard-trigger";
 
@@ -189,9 +193,18 @@ pub fn copy_properties(original: &BasicProperties, headers: FieldTable) -> Basic
     properties
 }
 
-/// Copies headers, then sets the attempt counters on the copy.
+/// Copies headers, then sets the attempt counters on the copy. The mark of a hold is not
+/// copied: the copy is not held (a hold sets it again).
 pub fn with_attempts(headers: Option<&FieldTable>, attempts: Attempts) -> FieldTable {
-    let mut out = headers.cloned().unwrap_or_default();
+    let mut out = match headers {
+        Some(headers) if headers.contains_key(H_HELD_FOR) => {
+            let mut map = headers.inner().clone();
+            map.remove(H_HELD_FOR);
+            FieldTable::from(map)
+        }
+        Some(headers) => headers.clone(),
+        None => FieldTable::default(),
+    };
     set_int(&mut out, H_ATTEMPTS, i64::from(attempts.calls));
     set_int(&mut out, H_RETRIES, i64::from(attempts.retries));
     out

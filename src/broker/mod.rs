@@ -133,6 +133,10 @@ pub struct Topology {
     pub dead_letter: String,
     /// Rejected events.
     pub rejected: String,
+    /// The stream of operators' pauses and resumes (SPEC §10, [`crate::control`]).
+    pub destinations: String,
+    /// The stream of each process's destination status.
+    pub destinations_status: String,
     /// Queue type of every queue.
     pub queue_type: QueueType,
     /// Replicas of each quorum queue at creation (`amqp.quorum_replicas`); `None`: RabbitMQ's own.
@@ -165,6 +169,8 @@ impl Topology {
             retry_queues: tiers,
             dead_letter: config.name("dead-letter"),
             rejected: config.name("events.rejected"),
+            destinations: config.name("destinations"),
+            destinations_status: config.name("destinations.status"),
             queue_type: config.amqp.queue_type,
             quorum_replicas: config.amqp.quorum_replicas,
             jitter: config.retry.jitter,

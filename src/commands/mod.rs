@@ -1,7 +1,8 @@
 //! The one-shot commands of SPEC §4 besides `run`: `validate`, `test`, `publish`, `topology`
-//! and the dead-letter commands (`dlq/`). `runs` (run history) and `reload` sit beside them.
+//! the dead-letter commands (`dlq/`) and `destinations`. `runs` (run history) and `reload` sit beside them.
 //! Each returns the process exit code: 0 ok, 1 user error, 2 broker or remote unreachable.
 
+pub mod destinations;
 pub mod dlq;
 mod publish;
 pub(crate) mod table;

@@ -195,6 +195,7 @@ fn print_preview(out: &mut impl Write, preview: Result<crate::connectors::Reques
                 failure.reason
             );
         }
-        Err(Outcome::Success { .. }) => {}
+        // A preview calls nothing, so no destination holds it.
+        Err(Outcome::Success { .. } | Outcome::Held(_)) => {}
     }
 }

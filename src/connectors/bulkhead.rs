@@ -1,7 +1,7 @@
 //! A cap on the calls in flight to one host (`worker.max_per_host`), so that a host that hangs
 //! holds at most that many of the worker's slots.
 //!
-//! The circuit breaker ([`super::breaker`]) stops calls to a dead host, but only once it has seen
+//! A destination's circuit breaker ([`crate::destinations`]) stops calls to a dead host, but only once it has seen
 //! failures, and a hanging host fails only when the timeout (15 s by default) runs out. Until
 //! then every call to it holds a worker slot; with a share of the traffic going there, all
 //! `worker.concurrency` slots fill and healthy hosts wait. The bulkhead bounds that share.

@@ -9,14 +9,14 @@ use reqwest::header::{HeaderValue, USER_AGENT};
 use std::sync::Arc;
 
 use super::Request;
-use super::breaker::{Breakers, Permit};
-use super::bulkhead::Bulkheads;
+use super::bulkhead::{Bulkheads, without_slot};
 use super::proxy::{BadProxy, ProxyRules};
 use crate::config::HttpConfig;
+use crate::destinations::limits::Limits;
+use crate::destinations::{Admit, Destination, Destinations, Report};
 use crate::net::{Guard, GuardedResolver, ResolveError, find_blocked};
+use crate::outcome::ErrorClass;
 use crate::outcome::{self, Outcome};
-use crate::outcome::{ErrorClass, Failure};
-use crate::telemetry::Metrics;
 use crate::trace::{self, TraceContext};
 
 /// Redirects followed at most, each hop re-checked.
@@ -34,8 +34,8 @@ pub struct HttpClient {
     guard: Arc<Guard>,
     /// Which requests go through a proxy (their target is checked before the call).
     proxies: Arc<ProxyRules>,
-    /// One circuit breaker per (connector, host).
-    breakers: Arc<Breakers>,
+    /// Every destination's state: breaker, pause, quarantine, rate limit (SPEC §10).
+    destinations: Arc<Destinations>,
     /// At most `worker.max_per_host` calls in flight per host.
     bulkheads: Arc<Bulkheads>,
     /// Rendered bodies larger than this are refused.
@@ -52,7 +52,7 @@ impl HttpClient {
     pub fn new(
         config: &HttpConfig,
         max_per_host: usize,
-        metrics: Arc<Metrics>,
+        destinations: Arc<Destinations>,
     ) -> Result<HttpClient, ClientError> {
         let guard = Arc::new(Guard::new(&config.allow_networks));
         let proxies = Arc::new(ProxyRules::new(&config.proxy, &config.no_proxy)?);
@@ -108,12 +108,24 @@ impl HttpClient {
             client,
             guard,
             proxies,
-            breakers: Arc::new(Breakers::new(metrics)),
+            destinations,
             bulkheads: Arc::new(Bulkheads::new(max_per_host)),
             max_body_bytes: config.max_body_bytes,
             max_response_bytes: config.max_response_bytes,
             timeout: config.timeout,
         })
+    }
+
+    /// The destinations' state this client keeps.
+    pub fn destinations(&self) -> &Arc<Destinations> {
+        &self.destinations
+    }
+
+    /// [`Outcome::Held`] when `request`'s destination holds its calls now (checked before any
+    /// wait for a connection's or a host's limits, so that held actions never queue there).
+    pub fn held(&self, request: &Request) -> Option<Outcome> {
+        let destination = destination_of(request);
+        self.destinations.check(&destination).map(Outcome::Held)
     }
 
     /// Sends a request and classifies what comes back.
@@ -162,30 +174,42 @@ impl HttpClient {
             );
         }
         let connector = request.connector;
-        // Room at the host first (waiting without a worker slot), then the breaker, which may
-        // have opened while this call waited.
-        let _room = match self.bulkheads.enter(&host).await {
+        let destination = destination_of(&request);
+        if let Some(held) = self.held(&request) {
+            return held;
+        }
+        // Room at the host first (waiting without a worker slot), then the destination's
+        // admission: its breaker may have opened, or a pause come, while this call waited.
+        let _room = match self
+            .bulkheads
+            .enter(&Destination::host(&request.url).id)
+            .await
+        {
             Ok(room) => room,
             Err(abandoned) => return abandoned.into(),
         };
-        if let Permit::Open(failures) = self.breakers.permit(connector, &host) {
-            // Straight to the next retry tier: a zero wait skips the quick retries.
-            return Outcome::Retry(Failure {
-                class: ErrorClass::Exhausted,
-                reason: format!(
-                    "circuit breaker open for {host} after {failures} consecutive failures; not called"
-                ),
-                status: None,
-                retry_after: Some(Duration::ZERO),
-            });
-        }
-        let outcome = self.call(request, &host, classify).await;
-        self.breakers
-            .record(connector, &host, matches!(outcome, Outcome::Retry(_)));
+        let ticket = match self.destinations.admit(&destination, connector) {
+            Admit::Hold(hold) => return Outcome::Held(hold),
+            Admit::Call { after, ticket } => {
+                if !after.is_zero()
+                    && let Err(abandoned) = without_slot(tokio::time::sleep(after)).await
+                {
+                    return abandoned.into();
+                }
+                ticket
+            }
+        };
+        let (outcome, limits) = self.call(request, &host, classify).await;
+        self.destinations.record(ticket, report(&outcome, limits));
         outcome
     }
 
-    async fn call(&self, request: Request, host: &str, classify: outcome::Classifier) -> Outcome {
+    async fn call(
+        &self,
+        request: Request,
+        host: &str,
+        classify: outcome::Classifier,
+    ) -> (Outcome, Limits) {
         let host = host.to_owned();
         let timeout = request.timeout.unwrap_or(self.timeout);
         // Every call of an action sends its trace with a span of its own (SPEC §12), unless the
@@ -213,10 +237,11 @@ impl HttpClient {
         }
         let mut response = match builder.send().await {
             Ok(response) => response,
-            Err(e) => return transport_failure(&e, &host, timeout),
+            Err(e) => return (transport_failure(&e, &host, timeout), Limits::default()),
         };
         let status = response.status();
         let headers = response.headers().clone();
+        let limits = Limits::from_headers(&headers, std::time::SystemTime::now());
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
@@ -228,10 +253,41 @@ impl HttpClient {
                         break;
                     }
                 }
-                Err(e) => return transport_failure(&e, &host, timeout),
+                Err(e) => return (transport_failure(&e, &host, timeout), limits),
             }
         }
-        classify(status, &headers, &body, &host)
+        (classify(status, &headers, &body, &host), limits)
+    }
+}
+
+/// Where a request goes: the destination its sender named, or its URL's `host[:port]`.
+fn destination_of(request: &Request) -> Destination {
+    request
+        .destination
+        .clone()
+        .unwrap_or_else(|| Destination::host(&request.url))
+}
+
+/// What an outcome tells of its destination.
+fn report(outcome: &Outcome, limits: Limits) -> Report {
+    let (failure, retryable) = match outcome {
+        Outcome::Retry(failure) => (failure, true),
+        Outcome::Fail(failure) => (failure, false),
+        Outcome::Success { .. } | Outcome::Held(_) => {
+            return Report {
+                limits,
+                ..Report::default()
+            };
+        }
+    };
+    let throttled = failure.status == Some(429) || (retryable && failure.retry_after.is_some());
+    Report {
+        failed: retryable && !throttled,
+        refused: !retryable,
+        throttled,
+        retry_after: failure.retry_after.filter(|_| throttled),
+        error: Some(failure.reason.clone()),
+        limits,
     }
 }
 
@@ -284,8 +340,11 @@ mod tests {
     #[tokio::test]
     async fn a_scheme_other_than_http_or_https_is_blocked_without_a_call() {
         let config = crate::Config::from_yaml("{}").expect("the defaults are valid");
-        let client =
-            HttpClient::new(&config.http, 8, Metrics::new(&["webhook"])).expect("a client");
+        let destinations = Destinations::new(
+            config.destinations.clone(),
+            crate::telemetry::Metrics::new(&["webhook"]),
+        );
+        let client = HttpClient::new(&config.http, 8, destinations).expect("a client");
         let outcome = client
             .send(Request {
                 method: reqwest::Method::POST,
@@ -294,6 +353,7 @@ mod tests {
                 body: None,
                 timeout: None,
                 connector: "webhook",
+                destination: None,
             })
             .await;
         match outcome {

@@ -2,7 +2,6 @@
 //! compiles its settings once and turns a rendered action into an [`Outcome`].
 
 pub mod braze;
-pub mod breaker;
 pub mod bulkhead;
 pub mod client;
 pub mod connection;
@@ -88,8 +87,11 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
     /// Overrides the client's timeout.
     pub timeout: Option<Duration>,
-    /// The connector sending it (circuit breakers are per connector and host).
+    /// The connector sending it.
     pub connector: &'static str,
+    /// Where it goes (SPEC §10): a connection or webhook, set by the sender; `None` is the URL's
+    /// `host[:port]`.
+    pub destination: Option<crate::destinations::Destination>,
 }
 
 impl ActionSpec {

@@ -17,6 +17,7 @@ use super::bulkhead::{Abandoned, without_slot};
 use super::client::HttpClient;
 use super::connection::{ConnectionKey, Limits};
 use super::salesforce::auth::TokenCache;
+use crate::destinations::Destination;
 use crate::outcome::{self, Outcome};
 
 /// Every connection's state, created on first use.
@@ -46,7 +47,7 @@ impl Registry {
             return state.clone();
         }
         let state = Arc::new(ConnectionState {
-            limiter: Limiter::new(limits),
+            limiter: Limiter::new(limits).for_connection(&key.id),
             tokens: TokenCache::default(),
         });
         states.insert(key.clone(), state.clone());
@@ -62,6 +63,8 @@ pub struct Limiter {
     rate: Option<DefaultDirectRateLimiter>,
     /// The limits it was built with (for logs and tests).
     limits: Limits,
+    /// The connection its calls go to (SPEC §10), when it is one's.
+    destination: Option<Destination>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -94,6 +97,15 @@ impl Limiter {
             semaphore,
             rate,
             limits,
+            destination: None,
+        }
+    }
+
+    /// The limiter of connection `id`: its calls go to that destination.
+    pub fn for_connection(self, id: &str) -> Limiter {
+        Limiter {
+            destination: Some(Destination::connection(id)),
+            ..self
         }
     }
 
@@ -122,9 +134,16 @@ impl Limiter {
     pub async fn send(
         &self,
         http: &HttpClient,
-        request: Request,
+        mut request: Request,
         classify: outcome::Classifier,
     ) -> Outcome {
+        if request.destination.is_none() {
+            request.destination = self.destination.clone();
+        }
+        // A held destination's action does not queue for the connection's limits.
+        if let Some(held) = http.held(&request) {
+            return held;
+        }
         let _slot = match self.acquire().await {
             Ok(slot) => slot,
             Err(abandoned) => return abandoned.into(),

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::retry::{Delay, RetryPolicy, compute_delay};
 use crate::broker::message::Attempts;
+use crate::destinations::Hold;
 use crate::outcome::{ErrorClass, Failure, Outcome};
 
 /// What to do with a delivery once its call (with its quick retries) is over.
@@ -28,6 +29,14 @@ pub enum Decision {
     },
     /// Publish a dead-letter record with this failure's class and reason, then ack.
     DeadLetter(Failure),
+    /// The destination holds its calls: publish the message to the tier that covers the wait,
+    /// with the counters unchanged (waiting is not failing, SPEC §10), then ack.
+    Hold {
+        /// Why, and for how long.
+        hold: Hold,
+        /// Which tier, and the message's own expiration.
+        delay: Delay,
+    },
 }
 
 /// Decides what an outcome means. `attempts` counts every call so far, this delivery's
@@ -42,6 +51,11 @@ pub fn decide(
     match outcome {
         Outcome::Success { status, output } => Decision::Success { status, output },
         Outcome::Fail(failure) => Decision::DeadLetter(failure),
+        // Never counted against the budget, never exhausted: the first tier that covers the wait.
+        Outcome::Held(hold) => {
+            let delay = compute_delay(policy.schedule, policy.jitter, 0, Some(hold.wait), draw);
+            Decision::Hold { hold, delay }
+        }
         Outcome::Retry(failure) if attempts.retries as usize >= policy.schedule.len() => {
             Decision::DeadLetter(Failure {
                 class: ErrorClass::Exhausted,
@@ -120,6 +134,7 @@ mod tests {
                 delay.tier, delay.expiration, attempts.calls, attempts.retries
             ),
             Decision::DeadLetter(f) => format!("dead {} {}", f.class.as_str(), f.reason),
+            Decision::Hold { delay, .. } => format!("hold {} {:?}", delay.tier, delay.expiration),
         }
     }
 
@@ -138,7 +153,20 @@ mod tests {
         let retry = |after| Outcome::Retry(failure(ErrorClass::Exhausted, after));
         let fail = |class| Outcome::Fail(failure(class, None));
         let at = |calls, retries| Attempts { calls, retries };
+        let held = |secs| {
+            Outcome::Held(crate::destinations::Hold {
+                destination: crate::destinations::Destination::webhook("crm"),
+                why: crate::destinations::HoldWhy::Paused,
+                wait: s(secs),
+                reason: "paused".into(),
+            })
+        };
         let cases: Vec<(Outcome, Attempts, f64, &str)> = vec![
+            // A held action waits in the tier covering the wait, whatever its counters: even
+            // past the last tier it is never exhausted (waiting is not failing).
+            (held(30), at(0, 0), 0.0, "hold 30s 30s"),
+            (held(1), at(6, 3), 0.0, "hold 5s 5s"),
+            (held(90), at(6, 3), 0.0, "hold 2m 90s"),
             (success(), at(1, 0), 0.0, "success 201"),
             (success(), at(9, 3), 0.0, "success 201"),
             // The first broker retry waits in the first tier, jittered within it.

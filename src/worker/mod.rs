@@ -21,12 +21,18 @@ use tracing::{debug, info, warn};
 
 use self::recorder::Recorder;
 use crate::broker::acks::Acks;
-use crate::broker::message::{self, ActionMessage, Attempts, H_LAST_STATUS, H_REASON, action_id};
-use crate::broker::{AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, set_int, set_str};
+use crate::broker::message::{
+    self, ActionMessage, Attempts, H_HELD, H_HELD_FOR, H_LAST_STATUS, H_REASON, action_id,
+};
+use crate::broker::{
+    AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, header_int, header_str, set_int,
+    set_str,
+};
 use crate::connectors::bulkhead::{WORKER_SLOT, WorkerSlot};
 use crate::connectors::{Call, Target};
 use crate::delivery::dead_letter::{self, Origin};
 use crate::delivery::{Decision, Delay, RetryPolicy, decide, dependents, quick_retries, retry_now};
+use crate::destinations::{Destination, Hold};
 use crate::history::RunOutcome;
 use crate::outcome::{ErrorClass, Failure, Outcome};
 use crate::shared::Shared;
@@ -174,6 +180,10 @@ impl Job {
     async fn handle(&self, delivery: &Delivery) -> Settle {
         let headers = delivery.properties.headers().as_ref();
         let attempts = Attempts::from_headers(headers);
+        // Back from a hold (SPEC §10): no longer waiting on the broker.
+        if let Some(held) = header_str(headers, H_HELD_FOR).and_then(Destination::from_header) {
+            self.app.connectors.http.destinations().held(&held, -1);
+        }
         let message: ActionMessage = match serde_json::from_slice(&delivery.data) {
             Ok(message) => message,
             Err(e) => {
@@ -246,6 +256,44 @@ impl Job {
                 self.dead_letter(delivery, Some(&message), &failure, attempts, &record)
                     .await
             }
+            Decision::Hold { hold, delay } => {
+                self.hold(delivery, &message, &hold, attempts, &delay).await
+            }
+        }
+    }
+
+    /// Puts the action back on the broker for its destination's hold: the tier covering the
+    /// wait, counters unchanged (SPEC §10: waiting is not failing), then ack. It takes no worker
+    /// slot and no prefetch while it waits.
+    async fn hold(
+        &self,
+        delivery: &Delivery,
+        message: &ActionMessage,
+        hold: &Hold,
+        attempts: Attempts,
+        delay: &Delay,
+    ) -> Settle {
+        let original = delivery.properties.headers().as_ref();
+        let mut headers = message::with_attempts(original, attempts);
+        set_str(&mut headers, RETRY_TIER_HEADER, delay.tier.as_str());
+        set_str(&mut headers, H_HELD_FOR, hold.destination.header_value());
+        let times = header_int(original, H_HELD).unwrap_or(0) + 1;
+        set_int(&mut headers, H_HELD, times);
+        match self.to_tier(delivery, headers, delay).await {
+            Ok(()) => {
+                self.app
+                    .connectors
+                    .http
+                    .destinations()
+                    .held(&hold.destination, 1);
+                debug!(
+                    event_id = event_id(message), workflow = source(message), action = %message.action,
+                    destination = %hold.destination, reason = %hold.reason, times,
+                    delay_ms = delay.expiration.as_millis() as u64, "held on the broker"
+                );
+                Settle::Ack
+            }
+            Err(e) => Settle::Requeue(e),
         }
     }
 
@@ -415,7 +463,8 @@ impl Job {
                 failure.reason = crate::outcome::redact(&failure.reason, secrets.values());
             }
             in_flight.dec();
-            if self.slot.abandoned() {
+            // Not called: the destination holds it (no attempt used), or the service stops.
+            if self.slot.abandoned() || matches!(outcome, Outcome::Held(_)) {
                 return (outcome, calls);
             }
             calls += 1;
@@ -481,6 +530,17 @@ impl Job {
         if let Some(status) = failure.status {
             set_int(&mut headers, H_LAST_STATUS, i64::from(status));
         }
+        self.to_tier(delivery, headers, delay).await
+    }
+
+    /// Publishes the delivery with `headers` to its delay tier, expiring after the delay
+    /// (confirmed).
+    async fn to_tier(
+        &self,
+        delivery: &Delivery,
+        headers: FieldTable,
+        delay: &Delay,
+    ) -> Result<(), BrokerError> {
         let properties = message::copy_properties(&delivery.properties, headers)
             .with_expiration(delay.expiration.as_millis().to_string().into());
         self.publisher

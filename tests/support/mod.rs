@@ -647,7 +647,12 @@ pub async fn delete_topology(topology: &Topology) {
         return;
     };
     // A failed delete closes the channel, so each gets its own.
-    for queue in topology.all_queues() {
+    let mut queues = topology.all_queues();
+    queues.extend([
+        topology.destinations.clone(),
+        topology.destinations_status.clone(),
+    ]);
+    for queue in queues {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -837,7 +842,16 @@ impl Harness {
         extra: &str,
         secrets: &[(&str, &str)],
     ) -> Harness {
-        let prefix = unique_prefix(name);
+        Harness::start_with_prefix(unique_prefix(name), workflows, extra, secrets).await
+    }
+
+    /// [`Harness::start`] with a prefix the test chose (and may have used before the start).
+    pub async fn start_with_prefix(
+        prefix: String,
+        workflows: &str,
+        extra: &str,
+        secrets: &[(&str, &str)],
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         write_workflows_and_secrets(dir.path(), workflows, secrets);
         let yaml = test_config_yaml(&prefix, dir.path(), extra);

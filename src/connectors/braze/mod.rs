@@ -596,6 +596,7 @@ impl BrazeAction {
             body: Some(body),
             timeout: None,
             connector: ConnectorKind::Braze.name(),
+            destination: None,
         }))
     }
 }

@@ -297,6 +297,7 @@ impl HttpAction {
             body,
             timeout: self.timeout,
             connector: ConnectorKind::Http.name(),
+            destination: None,
         })
     }
 }

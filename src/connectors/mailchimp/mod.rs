@@ -487,6 +487,7 @@ impl MailchimpAction {
                 body: Some(body),
                 timeout: None,
                 connector: ConnectorKind::Mailchimp.name(),
+                destination: None,
             },
             output,
         ))

@@ -410,6 +410,7 @@ pub fn token_request(
         body: Some(body.into_bytes()),
         timeout: None,
         connector: ConnectorKind::Salesforce.name(),
+        destination: None,
     })
 }
 

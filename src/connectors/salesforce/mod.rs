@@ -433,6 +433,7 @@ impl SalesforceAction {
             body,
             timeout: None,
             connector: ConnectorKind::Salesforce.name(),
+            destination: None,
         })
     }
 }

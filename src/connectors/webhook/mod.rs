@@ -12,6 +12,7 @@ use url::Url;
 
 use super::http::{header_value, template_failure};
 use super::{Call, Request};
+use crate::destinations::Destination;
 use crate::outcome::{ErrorClass, Outcome};
 use crate::workflow::webhook::Webhook;
 
@@ -131,6 +132,7 @@ pub fn render(webhook: &Webhook, call: &Call<'_>, timestamp: i64) -> Result<Requ
         body: Some(body),
         timeout: None,
         connector: "webhook",
+        destination: Some(Destination::webhook(&webhook.id)),
     })
 }
 
