@@ -55,6 +55,8 @@ pub struct Setup {
 /// `actions` independent actions (`post-0`, `post-1`, …; their body's `k` tells the sink which).
 /// The bare placeholders keep their JSON type, so the sink reads `seq` and `sent_at_us` as numbers.
 fn workflow(url: &str, actions: u64) -> String {
+    // Quoted: a templated URL holds `: ` (`modulo: 50`), which YAML would read as a mapping.
+    let url = serde_json::Value::String(url.to_owned()).to_string();
     let mut yaml = String::from(
         "# Written by switchyard-bench.\nworkflows:\n  - id: bench\n    workspace: ws_bench\n    trigger:\n      event: Gameplay.DataCaptured\n    actions:\n",
     );

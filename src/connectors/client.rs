@@ -13,7 +13,9 @@ use super::bulkhead::{Bulkheads, without_slot};
 use super::proxy::{BadProxy, ProxyRules};
 use crate::config::HttpConfig;
 use crate::destinations::limits::Limits;
-use crate::destinations::{Admit, Destination, Destinations, Report};
+use crate::destinations::{
+    Admit, BUSY_HOLD, BUSY_WAIT, Destination, Destinations, HoldWhy, Report,
+};
 use crate::net::{Guard, GuardedResolver, ResolveError, find_blocked};
 use crate::outcome::ErrorClass;
 use crate::outcome::{self, Outcome};
@@ -178,15 +180,20 @@ impl HttpClient {
         if let Some(held) = self.held(&request) {
             return held;
         }
-        // Room at the host first (waiting without a worker slot), then the destination's
+        // Room at the host first (waiting without a worker slot, at most BUSY_WAIT: a host this
+        // slow must not fill the worker's prefetch with waiting actions), then the destination's
         // admission: its breaker may have opened, or a pause come, while this call waited.
-        let _room = match self
-            .bulkheads
-            .enter(&Destination::host(&request.url).id)
-            .await
-        {
-            Ok(room) => room,
-            Err(abandoned) => return abandoned.into(),
+        let host_port = Destination::host(&request.url).id;
+        let room = tokio::time::timeout(BUSY_WAIT, self.bulkheads.enter(&host_port));
+        let _room = match room.await {
+            Ok(Ok(room)) => room,
+            Ok(Err(abandoned)) => return abandoned.into(),
+            Err(_) => {
+                let hold = self
+                    .destinations
+                    .held_for(&destination, HoldWhy::Busy, BUSY_HOLD);
+                return Outcome::Held(hold);
+            }
         };
         let ticket = match self.destinations.admit(&destination, connector) {
             Admit::Hold(hold) => return Outcome::Held(hold),

@@ -51,9 +51,12 @@ pub fn decide(
     match outcome {
         Outcome::Success { status, output } => Decision::Success { status, output },
         Outcome::Fail(failure) => Decision::DeadLetter(failure),
-        // Never counted against the budget, never exhausted: the first tier that covers the wait.
+        // Never counted against the budget, never exhausted: the first tier that covers the wait,
+        // stretched by the jitter draw (never shortened): the actions held for one rate-limit
+        // window all wait for the same instant, and must not all come back at it.
         Outcome::Held(hold) => {
-            let delay = compute_delay(policy.schedule, policy.jitter, 0, Some(hold.wait), draw);
+            let wait = hold.wait.mul_f64(1.0 + draw.abs());
+            let delay = compute_delay(policy.schedule, policy.jitter, 0, Some(wait), draw);
             Decision::Hold { hold, delay }
         }
         Outcome::Retry(failure) if attempts.retries as usize >= policy.schedule.len() => {
@@ -167,6 +170,9 @@ mod tests {
             (held(30), at(0, 0), 0.0, "hold 30s 30s"),
             (held(1), at(6, 3), 0.0, "hold 5s 5s"),
             (held(90), at(6, 3), 0.0, "hold 2m 90s"),
+            // Spread after the wait, never before it, whichever way the draw goes.
+            (held(30), at(0, 0), 0.2, "hold 30s 36s"),
+            (held(30), at(0, 0), -0.1, "hold 30s 33s"),
             (success(), at(1, 0), 0.0, "success 201"),
             (success(), at(9, 3), 0.0, "success 201"),
             // The first broker retry waits in the first tier, jittered within it.

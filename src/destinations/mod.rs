@@ -25,6 +25,11 @@ use crate::config::{DestinationsConfig, format_delay};
 use crate::telemetry::{ConnectorLabel, DestinationLabel, DestinationStateLabel, Metrics};
 use limits::Limits;
 
+/// How long a call waits in process for room at a full host (`worker.max_per_host`) before
+/// its action is held on the broker instead ([`HoldWhy::Busy`]).
+pub const BUSY_WAIT: Duration = Duration::from_secs(1);
+/// How long an action held for a busy host waits on the broker.
+pub const BUSY_HOLD: Duration = Duration::from_secs(5);
 /// How long a paused or quarantined destination's actions wait on the broker between checks.
 pub const HOLD_RECHECK: Duration = Duration::from_secs(30);
 /// A wait on a rate limit up to this long is spent in process (without a worker slot); longer
@@ -217,6 +222,9 @@ pub enum HoldWhy {
     Open,
     /// The remote's rate limit.
     RateLimited,
+    /// Every call the host may have in flight (`worker.max_per_host`) has been for a while: it
+    /// is slow or hanging, and the action must not wait in the worker's prefetch.
+    Busy,
 }
 
 /// A call in flight to a destination; dropping it ends the call's count.
@@ -532,7 +540,8 @@ impl Destinations {
         Some(self.held_for(destination, HoldWhy::RateLimited, limited))
     }
 
-    fn held_for(&self, destination: &Destination, why: HoldWhy, wait: Duration) -> Hold {
+    /// A hold of `destination` for `why`, `wait` long, with its reason.
+    pub fn held_for(&self, destination: &Destination, why: HoldWhy, wait: Duration) -> Hold {
         let reason = match why {
             HoldWhy::Paused => format!("destination {destination} is paused; held, not called"),
             HoldWhy::Quarantined => {
@@ -542,6 +551,10 @@ impl Destinations {
             HoldWhy::RateLimited => format!(
                 "{destination} asked for no calls for {}; held, not called",
                 format_delay(wait)
+            ),
+            HoldWhy::Busy => format!(
+                "{destination} has every call it may have in flight, and none ended within {}; held, not called",
+                format_delay(BUSY_WAIT)
             ),
         };
         Hold {
