@@ -51,6 +51,10 @@ pub struct Args {
     /// Publisher confirms outstanding at once.
     #[arg(long, default_value_t = 4096)]
     window: usize,
+    /// Repeat the three runs this many times (healthy, hang, throttle, healthy, …), each compared
+    /// with its own round's baseline: figures drift from minute to minute on a shared machine.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Give up on a phase when nothing has arrived for this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
@@ -95,24 +99,40 @@ struct Figures {
     bad_events: u64,
     /// The highest `switchyard_held_actions` reading for it.
     held_max: i64,
+    /// From the first event to the service holding the bad destination's actions (its breaker
+    /// open, or its rate limit known), before the measured phases.
+    detected_after: Option<Duration>,
 }
 
 /// Runs the three scenarios and prints the comparison.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let mut rate = args.latency_rate;
-    let mut runs = Vec::new();
-    for bad in [Bad::Healthy, Bad::Hang, Bad::Throttle] {
-        eprintln!(
-            "bench isolation: {} destinations, {}…",
-            args.destinations,
-            bad.describe()
-        );
-        let figures = one(args, bad, &mut rate).await?;
-        eprintln!("bench isolation: {figures:?}");
-        runs.push(figures);
+    for round in 1..=args.rounds.max(1) {
+        let mut runs = Vec::new();
+        for bad in [Bad::Healthy, Bad::Hang, Bad::Throttle] {
+            eprintln!(
+                "bench isolation: round {round}, {} destinations, {}…",
+                args.destinations,
+                bad.describe()
+            );
+            let figures = one(args, bad, &mut rate).await?;
+            eprintln!("bench isolation: {figures:?}");
+            runs.push(figures);
+        }
+        print!("{}", table(args, &runs));
     }
-    print!("{}", table(args, &runs));
     Ok(())
+}
+
+/// Starts a phase on a broker at rest, on a fresh quorum write-ahead log (as `make bench` does:
+/// a roll-over every 512 MiB would otherwise pause every queue inside some phases only).
+async fn rest() {
+    if let Err(why) = crate::procfs::roll_wal_over().await {
+        eprintln!("bench isolation: the broker's WAL is left as is: {why}");
+    }
+    let clock = crate::procfs::CpuClock::detect();
+    let broker = crate::procfs::broker_pid();
+    crate::procfs::wait_for_idle_broker(broker, &clock, 0.15, Duration::from_secs(15)).await;
 }
 
 fn table(args: &Args, runs: &[Figures]) -> String {
@@ -144,6 +164,13 @@ fn table(args: &Args, runs: &[Figures]) -> String {
     for run in &runs[1..] {
         let throughput = run.throughput / base.throughput;
         let p99 = run.p99_ms / base.p99_ms;
+        if let Some(after) = run.detected_after {
+            out.push_str(&format!(
+                "{}: the service held the bad destination's actions {:.1} s after the first event; the phases below start then\n",
+                run.bad.describe(),
+                after.as_secs_f64()
+            ));
+        }
         out.push_str(&format!(
             "{}: throughput {:.1}% of the baseline (target ≥ 90%: {}), p99 {:+.1}% (target within 10%: {}); {} calls spent on the bad destination for its {} events, at most {} actions held for it at once\n",
             run.bad.describe(),
@@ -283,9 +310,24 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
             held_max.clone(),
         ));
 
+        rest().await;
+        let started = std::time::Instant::now();
         publish(0..warmup, Pace::Flat).await?;
         wait(0..warmup, "warm-up").await?;
+        // The steady state with a bad destination: once the service holds its actions. Until
+        // then (the first timeouts, 5 s) the calls hanging there hold worker slots, and the
+        // deliveries they hold back keep the worker's acks from being coalesced.
+        let detected_after = if bad == Bad::Healthy {
+            None
+        } else {
+            let deadline = started + Duration::from_secs(60);
+            while held_max.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(started.elapsed())
+        };
 
+        rest().await;
         let range = warmup..warmup + args.events;
         let published = publish(range.clone(), Pace::Flat).await?;
         let arrived = wait(range.clone(), "throughput").await?;
@@ -297,6 +339,7 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
         let throughput = others / secs;
         let latency_rate = *rate.get_or_insert(throughput / 2.0);
 
+        rest().await;
         let range = range.end..range.end + args.latency_events;
         publish(range.clone(), Pace::PerSecond(latency_rate)).await?;
         wait(range.clone(), "latency").await?;
@@ -317,6 +360,7 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
             bad_calls: bad_calls.load(Ordering::Relaxed),
             bad_events: (0..capacity).filter(|seq| seq % n == 0).count() as u64,
             held_max: held_max.load(Ordering::Relaxed),
+            detected_after,
         })
     }
     .await;
