@@ -36,12 +36,16 @@ use crate::broker::{self, BrokerError, Topology};
 use crate::config::Config;
 
 pub use self::args::Filter;
+// The console (SPEC §11) reads and repairs the queue through the same passes.
 pub(crate) use self::args::{parse_when, positive_rate};
+pub use self::export::export_copy;
+pub use self::list::{Listed, Listing, Shown, collect, find};
 pub(crate) use self::pass::require_exchange;
+pub use self::purge::{Purged, purge_records};
 pub use self::record::Record;
+pub use self::replay::{ReplayOptions, ReplayTotals, Replayed, replay_records};
 // `runs` prints its tables with the same helpers.
 use self::args::parse_hold;
-use self::replay::ReplayOptions;
 pub(crate) use super::table::{cell, short_time, table};
 
 #[derive(Debug, clap::Subcommand)]
@@ -120,7 +124,7 @@ pub enum Command {
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DlqError {
+pub enum DlqError {
     /// Bad arguments, or a queue or exchange the configuration names does not exist (exit 1).
     #[error("{0}")]
     Usage(String),
