@@ -138,7 +138,14 @@ pub fn query_string(pairs: &[(&str, String)]) -> String {
     out.finish()
 }
 
-/// A path segment, percent-encoded (ids in links).
+/// What a path segment keeps as it is: the unreserved characters of RFC 3986.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A path segment, percent-encoded (ids in links: `act_…` stays as it reads).
 pub fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
 }

@@ -25,7 +25,7 @@ use crate::telemetry::{AttemptLabel, ConnectorLabel, Metrics};
 
 /// How often the delivery counters are sampled for the rates.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// The window the rates are computed over.
+/// The window the delivery counts cover.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How long reading every queue depth may take.
 const DEPTHS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -81,19 +81,18 @@ impl Rates {
         }
     }
 
-    /// Per minute since the oldest sample: (successes, failed attempts); `None` before two
-    /// samples exist.
-    fn per_minute(&self, now: Totals) -> Option<(f64, f64)> {
+    /// Counts over about the last minute: (successes, failed attempts) since the newest sample
+    /// at least [`RATE_WINDOW`] old (or the oldest, in the first minute); `None` before any.
+    fn last_minute(&self, now: Totals) -> Option<(u64, u64)> {
         let samples = self.samples.lock().ok()?;
-        let (at, then) = samples.front()?;
-        let secs = at.elapsed().as_secs_f64();
-        if secs < 1.0 {
-            return None;
-        }
-        let per_minute = |delta: u64| delta as f64 * 60.0 / secs;
+        let (_, then) = samples
+            .iter()
+            .rev()
+            .find(|(at, _)| at.elapsed() >= RATE_WINDOW)
+            .or_else(|| samples.front())?;
         Some((
-            per_minute(now.success.saturating_sub(then.success)),
-            per_minute((now.retry + now.dead).saturating_sub(then.retry + then.dead)),
+            now.success.saturating_sub(then.success),
+            (now.retry + now.dead).saturating_sub(then.retry + then.dead),
         ))
     }
 }
@@ -176,7 +175,7 @@ fn delivery(console: &Console) -> Markup {
                 .get()
         })
         .sum();
-    let rates = console.rates.per_minute(totals);
+    let rates = console.rates.last_minute(totals);
     let connected = metrics.broker_connected.get() == 1;
     html! {
         h2 { "Delivery" }
@@ -188,12 +187,14 @@ fn delivery(console: &Console) -> Markup {
         } @else {
             div.cards {
                 div.card {
-                    div.muted { "Delivered / min" }
-                    div.figure { (rates.map_or("…".to_owned(), |(ok, _)| format!("{ok:.0}"))) }
+                    div.muted { "Delivered, last minute" }
+                    div.figure { (rates.map_or("…".to_owned(), |(ok, _)| ok.to_string())) }
                 }
                 div.card {
-                    div.muted { "Failed attempts / min" }
-                    div.figure { (rates.map_or("…".to_owned(), |(_, bad)| format!("{bad:.0}"))) }
+                    div.muted { "Failed attempts, last minute" }
+                    div.figure.error[rates.is_some_and(|(_, bad)| bad > 0)] {
+                        (rates.map_or("…".to_owned(), |(_, bad)| bad.to_string()))
+                    }
                 }
                 div.card { div.muted { "In flight" } div.figure { (in_flight) } }
                 div.card {
