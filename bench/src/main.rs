@@ -24,6 +24,7 @@
 //! and how much went to other processes (noise).
 
 mod amqp;
+mod console;
 mod event;
 mod history;
 mod procfs;
@@ -149,6 +150,9 @@ enum Command {
     /// default, in bulk), then times the `runs list` lookups (by event id, contact email, workflow
     /// + time range, outcome + time range) and the drop of one day's partition.
     History(history::Args),
+    /// The operator console at scale: fills a run history as `history` does (10 million rows by
+    /// default), serves the console over it and times each page (p50/p95 over --samples loads).
+    Console(console::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -169,6 +173,7 @@ fn main() -> std::process::ExitCode {
     };
     let ran = match (&args.command, args.history_pairs) {
         (Some(Command::History(history)), _) => runtime.block_on(history::run(history)),
+        (Some(Command::Console(console)), _) => runtime.block_on(console::run(console)),
         (None, Some(pairs)) => runtime.block_on(history_pairs(&args, pairs)),
         (None, None) => runtime
             .block_on(bench(&args, args.history_url.as_deref()))
