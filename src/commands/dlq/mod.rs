@@ -1,8 +1,8 @@
 //! The dead-letter commands of SPEC §4: `dlq stats`, `list`, `show`, `replay`, `export`, `purge`.
 //!
-//! Every command reads `<prefix>.dead-letter` in one bounded pass (`pass::Pass`): `basic.get` without
-//! auto-ack, one record at a time, until the queue answers empty or as many records have been read
-//! as it held when the pass began. Every delivery stays unacked until the pass ends, so the broker
+//! Every command reads `<prefix>.dead-letter` in one bounded pass (`pass::Pass`): a consumer without
+//! auto-ack whose prefetch is the number of records the queue held when the pass began, read until
+//! that many have come or none comes for a second (the queue is empty). Every delivery stays unacked until the pass ends, so the broker
 //! cannot hand the same record back twice in one pass; records the command removes (replayed once
 //! their copy is confirmed, exported once their line is on disk, purged) are acked, and everything
 //! else is handed back with one `nack(requeue)` at the end, unchanged. Passes read to the end even
