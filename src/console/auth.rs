@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::input::field;
-use super::{Console, ConsoleError, PageError, layout};
+use super::{Console, ConsoleError, PageError, User, layout};
 use crate::config::{ConsoleRole, ConsoleToken};
 use crate::shared::Shared;
 
@@ -59,47 +59,6 @@ struct Session {
     created: Instant,
     /// Its latest request.
     seen: Instant,
-}
-
-/// The signed-in user of a request. A handler that takes one is reached only with a session;
-/// without one the browser is sent to `/login`.
-#[derive(Debug, Clone)]
-pub struct User {
-    /// The token's name (logged with every change).
-    pub name: String,
-    /// What they may do.
-    pub role: ConsoleRole,
-    /// Their session's CSRF token, for the forms of the page.
-    pub csrf: String,
-    /// Their session id (sign-out ends it).
-    session: String,
-}
-
-impl User {
-    /// Whether they may change things.
-    pub fn is_operator(&self) -> bool {
-        self.role == ConsoleRole::Operator
-    }
-
-    /// Checks a POST: its CSRF token first (403, nothing changed), then, for a change, the role
-    /// (403 for a viewer).
-    pub fn check_post(&self, form: &[(String, String)], change: bool) -> Result<(), PageError> {
-        let sent = field(form, "csrf").unwrap_or_default();
-        if !bool::from(sent.as_bytes().ct_eq(self.csrf.as_bytes())) {
-            warn!(user = %self.name, role = self.role.as_str(), "console: a POST without its CSRF token was refused");
-            return Err(PageError::forbidden(
-                "This form is missing its security token (or it is from an old page). Nothing was changed; open the page again and resubmit.",
-            ));
-        }
-        if change && !self.is_operator() {
-            warn!(user = %self.name, role = self.role.as_str(), "console: a viewer's change was refused");
-            return Err(PageError::forbidden(format!(
-                "{} signs in as a viewer, which reads only. Nothing was changed; ask an operator.",
-                self.name
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Auth {

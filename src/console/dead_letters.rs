@@ -15,7 +15,7 @@ use axum::routing::get;
 use maud::{Markup, html};
 use tracing::info;
 
-use super::auth::User;
+use super::User;
 use super::input::{self, field, text};
 use super::layout::{self, csrf, or_dash, query_string, segment, when};
 use super::{Console, PageError};

@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use super::Console;
-use super::auth::User;
+use super::User;
 
 /// The navigation, in order: (path, label). A new page adds its line here.
 pub const NAV: &[(&str, &str)] = &[

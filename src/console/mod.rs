@@ -3,7 +3,8 @@
 //! A room beside the pipeline: it reads [`Shared`] and the history and dead-letter code the
 //! commands use, and nothing of the pipeline imports it.
 //!
-//! - [`auth`]: tokens, sessions, CSRF, roles: who may see and change what.
+//! - [`User`]: who is asking, and the check of a POST (its CSRF token, the operator role).
+//! - [`auth`]: tokens, sign-in, sessions; the extractor that turns a session cookie into a [`User`].
 //! - [`input`]: reading forms and query strings (fields, filter values).
 //! - [`layout`]: the page frame, the navigation, the style sheet, small formatting helpers.
 //! - one module per page: [`overview`] (`/`), [`runs`] (`/runs`, `/runs/<action id>`),
@@ -32,9 +33,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use lapin::Connection;
+use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use self::input::field;
+use crate::config::ConsoleRole;
 
 use crate::broker::{self, BrokerError};
 use crate::history::HistoryError;
@@ -162,6 +167,47 @@ impl Console {
     /// from outside (payloads, response excerpts, dead-letter bodies, previews).
     pub(crate) fn redact(&self, text: &str) -> String {
         crate::outcome::redact(text, self.app.catalog.load().secrets.values())
+    }
+}
+
+/// The signed-in user of a request. A handler that takes one is reached only with a session;
+/// without one the browser is sent to `/login`.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The token's name (logged with every change).
+    pub name: String,
+    /// What they may do.
+    pub role: ConsoleRole,
+    /// Their session's CSRF token, for the forms of the page.
+    pub csrf: String,
+    /// Their session id (sign-out ends it; `auth` makes and reads it).
+    session: String,
+}
+
+impl User {
+    /// Whether they may change things.
+    pub fn is_operator(&self) -> bool {
+        self.role == ConsoleRole::Operator
+    }
+
+    /// Checks a POST: its CSRF token first (403, nothing changed), then, for a change, the role
+    /// (403 for a viewer).
+    pub fn check_post(&self, form: &[(String, String)], change: bool) -> Result<(), PageError> {
+        let sent = field(form, "csrf").unwrap_or_default();
+        if !bool::from(sent.as_bytes().ct_eq(self.csrf.as_bytes())) {
+            warn!(user = %self.name, role = self.role.as_str(), "console: a POST without its CSRF token was refused");
+            return Err(PageError::forbidden(
+                "This form is missing its security token (or it is from an old page). Nothing was changed; open the page again and resubmit.",
+            ));
+        }
+        if change && !self.is_operator() {
+            warn!(user = %self.name, role = self.role.as_str(), "console: a viewer's change was refused");
+            return Err(PageError::forbidden(format!(
+                "{} signs in as a viewer, which reads only. Nothing was changed; ask an operator.",
+                self.name
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use lapin::types::FieldTable;
 use maud::{Markup, html};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::User;
+use super::User;
 use super::{Console, layout};
 use crate::broker;
 use crate::connectors::ConnectorKind;

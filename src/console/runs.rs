@@ -10,7 +10,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
-use super::auth::User;
+use super::User;
 use super::input::{self, field, text};
 use super::layout::{self, or_dash, query_string, segment, when};
 use super::{Console, PageError};

@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Form, Router};
 use maud::{Markup, html};
 
-use super::auth::User;
+use super::User;
 use super::input::field;
 use super::layout::{self, csrf, when};
 use super::{Console, PageError};
