@@ -356,3 +356,66 @@ async fn runs_bad_input_and_no_secret_on_any_page() {
     h.finish().await;
     schema.drop_now().await;
 }
+
+/// `switchyard console` serves the console alone (nothing consumed), and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_command_serves_it_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = support::unique_prefix("console-cmd");
+    support::write_workflows_and_secrets(dir.path(), "workflows: []\n", &SECRETS);
+    let port = support::free_port();
+    let extra = CONSOLE_YAML.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let config = dir.path().join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        support::test_config_yaml(&prefix, dir.path(), &extra),
+    )
+    .expect("write the config");
+    let config = config.to_str().expect("utf-8 path");
+
+    // Without console.listen it says what to set.
+    let off = support::run_switchyard(
+        &["console", "--config", config],
+        &[("SWITCHYARD__CONSOLE__LISTEN", "")],
+    )
+    .await;
+    assert_eq!(off.code, Some(1), "{off:?}");
+
+    // Killed when dropped, should the test fail before it stops.
+    let mut child = tokio::process::Command::from(support::switchyard_command(
+        &["console", "--config", config],
+        &[],
+    ))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start switchyard console");
+    let mut client = ConsoleClient::new(([127, 0, 0, 1], port).into());
+    wait_until("the console to answer", async || {
+        reqwest::get(format!("{}/login", client.base)).await.is_ok()
+    })
+    .await;
+    assert_eq!(client.sign_in(OPERATOR_TOKEN).await.status, 303);
+    let workflows = client.get("/workflows").await;
+    assert_eq!(workflows.status, 200);
+    assert!(workflows.body.contains("taken"), "{}", workflows.body);
+    let overview = client.get("/").await;
+    assert!(
+        overview.body.contains("serves the console only"),
+        "{}",
+        overview.body
+    );
+
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(support::DEADLINE, child.wait())
+        .await
+        .expect("it stops")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
