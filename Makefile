@@ -33,7 +33,11 @@ POSTGRES_HOST     ?= 127.0.0.1
 POSTGRES_PORT     ?= 5432
 POSTGRES_PASSWORD ?= switchyard
 
-.PHONY: help rabbitmq postgres run sink publish test test-cluster bench bench-history bench-isolation lint fmt validate topology fuzz
+# The operator console of `make run` (SPEC §11): on 127.0.0.1 only, with one demo operator token.
+CONSOLE_LISTEN ?= 127.0.0.1:9465
+CONSOLE_TOKEN  ?= demo-console-token
+
+.PHONY: help rabbitmq postgres browser run sink publish test test-cluster bench bench-history bench-isolation bench-console lint fmt validate topology fuzz
 
 help: ## List the targets
 	@echo "switchyard — make targets:"
@@ -83,7 +87,24 @@ postgres: ## Install/start a local PostgreSQL if needed; create role and databas
 	fi; \
 	echo "postgres: role and database switchyard ready (postgres://switchyard:…@$(POSTGRES_HOST):$(POSTGRES_PORT)/switchyard)"
 
-run: rabbitmq postgres ## Run the service against the local broker with config/switchyard.yaml
+# Chromium and its WebDriver for the console's browser tests (tests/console_browser.rs), from Debian's
+# packages `chromium` and `chromium-driver`; apt-get runs with sudo when we are not root.
+browser: ## Install chromium and chromedriver (Debian packages) for the console's browser tests, if missing
+	@if command -v chromedriver >/dev/null || [ -x /usr/lib/chromium/chromedriver ]; then \
+		echo "browser: chromedriver already installed"; \
+	else \
+		sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo"; fi; \
+		echo "browser: installing Debian's chromium and chromium-driver ($${sudo:+$$sudo }apt-get install -y)"; \
+		$$sudo apt-get update -qq </dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends chromium chromium-driver </dev/null; \
+	fi
+
+# The console listens on $(CONSOLE_LISTEN) (SWITCHYARD__CONSOLE__LISTEN wins) with the demo operator of
+# config/switchyard.yaml, whose token is the secret CONSOLE_DEMO (SWITCHYARD_SECRET_CONSOLE_DEMO wins).
+run: rabbitmq postgres ## Run the service against the local broker with config/switchyard.yaml (console on 127.0.0.1:9465)
+	@echo "console: http://$${SWITCHYARD__CONSOLE__LISTEN:-$(CONSOLE_LISTEN)}  token: $${SWITCHYARD_SECRET_CONSOLE_DEMO:-$(CONSOLE_TOKEN)}"
+	SWITCHYARD__CONSOLE__LISTEN="$${SWITCHYARD__CONSOLE__LISTEN:-$(CONSOLE_LISTEN)}" \
+	SWITCHYARD_SECRET_CONSOLE_DEMO="$${SWITCHYARD_SECRET_CONSOLE_DEMO:-$(CONSOLE_TOKEN)}" \
 	$(CARGO) run --release --bin switchyard -- run --config $(CONFIG)
 
 sink: ## Run the demo sink on 127.0.0.1:8080 (prints every request it receives; SINK_LISTEN= to move it)
@@ -95,7 +116,7 @@ publish: ## Publish the example event (examples/events/data-captured.json)
 # Two steps: the suite, then the ignored tests alone and one at a time. The ignored ones restart the
 # shared broker (tests/broker_restart.rs) or start a three-node cluster of their own beside it
 # (tests/cluster.rs, about a minute), so they must never overlap another test.
-test: rabbitmq postgres ## Check the alert rules, the Helm chart and the Dockerfile, run all tests (nextest when installed), then the broker-restart test alone
+test: rabbitmq postgres browser ## Check the alert rules, the Helm chart and the Dockerfile, run all tests (nextest when installed), then the broker-restart test alone
 	bash deploy/prometheus/install.sh
 	bash deploy/prometheus/check.sh
 	bash helm/check.sh
@@ -145,6 +166,12 @@ bench-isolation: rabbitmq ## One dead or throttling destination among 50: what t
 	$(CARGO) build --release --bin switchyard
 	$(CARGO) build --release -p switchyard-bench
 	./target/release/switchyard-bench isolation $(BENCH_ARGS)
+# The console's pages timed against a generated run history (bench/src/console.rs): 10 million attempt
+# rows by default (CONSOLE_BENCH_ARGS="--rows 1000000" for a quicker run), p50/p95 per page.
+CONSOLE_BENCH_ARGS ?=
+bench-console: rabbitmq postgres ## Time each console page (p50/p95) over a 10-million-row run history
+	$(CARGO) build --release -p switchyard-bench
+	./target/release/switchyard-bench console --url '$(HISTORY_BENCH_URL)' $(CONSOLE_BENCH_ARGS)
 
 lint: ## Check formatting, clippy warnings and that no module imports in a cycle (cargo-modules)
 	$(CARGO) fmt --all -- --check

@@ -37,7 +37,8 @@ out=target/helm-check
 rm -rf "$out"
 mkdir -p "$out"
 
-# Every optional part on: both groups autoscaled, the prometheus-operator objects, the dashboard.
+# Every optional part on: both groups autoscaled, the prometheus-operator objects, the dashboard, the console
+# with its Ingress, the NetworkPolicy.
 everything=(
   --set router.autoscaling.enabled=true
   --set workerDefaults.autoscaling.enabled=true
@@ -45,6 +46,11 @@ everything=(
   --set prometheusRule.enabled=true
   --set grafanaDashboard.enabled=true
   --set history.existingSecret=switchyard-history
+  --set console.enabled=true
+  --set 'console.tokens[0].name=alice' --set 'console.tokens[0].role=operator'
+  --set 'console.tokens[0].secret=CONSOLE_ALICE'
+  --set console.ingress.enabled=true --set console.ingress.host=console.example.com
+  --set networkPolicy.enabled=true
 )
 # The repository's demo and vendor example workflows, as a user would ship them (workflows.files).
 workflow_files=()

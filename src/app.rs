@@ -28,7 +28,7 @@ use crate::faults::Faults;
 use crate::history::{History, HistoryError};
 use crate::net::Guard;
 use crate::server::Health;
-use crate::shared::Shared;
+use crate::shared::{LoadReport, Shared};
 use crate::telemetry::{Metrics, QueueLabel, ResultLabel};
 use crate::template::Engine;
 use crate::workflow::{Catalog, Problem, Severity};
@@ -96,6 +96,9 @@ pub enum Error {
     /// `history.url` could not be resolved.
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// The console could not start.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 impl Shared {
@@ -128,6 +131,7 @@ impl Shared {
         metrics.workflows_loaded.set(catalog.workflows.len() as i64);
         let destinations = Destinations::new(config.destinations.clone(), metrics.clone());
         let control = Follower::new(&config, destinations.clone());
+        let last_load = arc_swap::ArcSwap::from_pointee(LoadReport::now(true, problems));
         let connectors = Connectors::new(
             HttpClient::new(&config.http, config.worker.per_host_limit(), destinations)?,
             metrics.clone(),
@@ -150,6 +154,7 @@ impl Shared {
             health,
             faults,
             config,
+            last_load,
         })
     }
 
@@ -162,12 +167,15 @@ impl Shared {
                     .config_reloads
                     .get_or_create(&ResultLabel { result: "error" })
                     .inc();
-                return Err(vec![Problem::error(
+                let problems = vec![Problem::error(
                     &self.config.secrets.dir,
                     None,
                     None,
                     format!("cannot read secrets: {e}"),
-                )]);
+                )];
+                self.last_load
+                    .store(Arc::new(LoadReport::now(false, problems.clone())));
+                return Err(problems);
             }
         };
         let (catalog, problems) = Catalog::load(
@@ -188,6 +196,8 @@ impl Shared {
                     .config_reloads
                     .get_or_create(&ResultLabel { result: "ok" })
                     .inc();
+                self.last_load
+                    .store(Arc::new(LoadReport::now(true, problems)));
                 Ok(count)
             }
             None => {
@@ -195,6 +205,8 @@ impl Shared {
                     .config_reloads
                     .get_or_create(&ResultLabel { result: "error" })
                     .inc();
+                self.last_load
+                    .store(Arc::new(LoadReport::now(false, problems.clone())));
                 Err(problems
                     .into_iter()
                     .filter(|p| p.severity == Severity::Error)
@@ -210,6 +222,8 @@ pub struct Service {
     pub app: Arc<Shared>,
     /// Where `/metrics` listens.
     metrics_addr: SocketAddr,
+    /// Where the console listens, when `console.listen` is set.
+    console_addr: Option<SocketAddr>,
     /// The supervisor.
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -243,13 +257,25 @@ impl Service {
             "destination states",
             refresh_destinations(app.clone(), shutdown.clone()),
         ));
+        let console_addr = match app.config.console.listen {
+            Some(addr) => {
+                Some(crate::console::start(app.clone(), addr, true, shutdown.clone()).await?)
+            }
+            None => None,
+        };
         info!(role = ?role, metrics = %metrics_addr, prefix = %app.config.amqp.prefix, "switchyard started");
         let task = tokio::spawn(supervise(app.clone(), role, shutdown));
         Ok(Service {
             app,
             metrics_addr,
+            console_addr,
             task,
         })
+    }
+
+    /// The address the console answers on, when `console.listen` is set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// The address `/metrics`, `/healthz` and `/readyz` answer on.

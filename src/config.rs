@@ -55,6 +55,9 @@ destinations:
   max_tracked: 500
   failure_threshold: 5
   cool_down: 30s
+console:
+  listen: ""
+  tokens: []
 "#;
 
 /// Keys whose environment value is a comma-separated list.
@@ -117,6 +120,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Destinations: breakers, quarantine, the metrics' cardinality cap (SPEC §10).
     pub destinations: DestinationsConfig,
+    /// The operator console (SPEC §11).
+    pub console: ConsoleConfig,
 }
 
 /// `amqp:` settings.
@@ -341,6 +346,73 @@ impl std::fmt::Debug for HistoryConfig {
     }
 }
 
+/// `console:` settings (SPEC §11).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where the console listens; `None` (written `""`) turns it off.
+    #[serde(deserialize_with = "de_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Who may sign in.
+    pub tokens: Vec<ConsoleToken>,
+}
+
+/// One person (or screen) that may sign in to the console.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleToken {
+    /// Who it is: shown on the pages and logged with every change they make.
+    pub name: String,
+    /// What they may do.
+    pub role: ConsoleRole,
+    /// `{{ secrets.NAME }}`: the token itself is a secret, never written in the file.
+    pub token: String,
+}
+
+// The token setting names a secret, but is kept out of debug output all the same.
+impl std::fmt::Debug for ConsoleToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRole {
+    /// Reads, and replays, exports, purges (and pauses destinations).
+    Operator,
+    /// Reads only.
+    Viewer,
+}
+
+impl ConsoleRole {
+    /// Its name, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleRole::Operator => "operator",
+            ConsoleRole::Viewer => "viewer",
+        }
+    }
+}
+
+/// Deserialises a listen address where `""` means off.
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a listen address (0.0.0.0:9465, 127.0.0.1:9465), or \"\" for off"
+        ))
+    })
+}
+
 impl Config {
     /// Loads defaults, then `path` (which must exist unless it is the default path), then the
     /// process environment.
@@ -491,7 +563,40 @@ impl Config {
         crate::connectors::proxy::ProxyRules::new(&self.http.proxy, &self.http.no_proxy)
             .map_err(|e| e.to_string())?;
         self.validate_history()?;
-        self.validate_destinations()
+        self.validate_destinations()?;
+        self.validate_console()
+    }
+
+    fn validate_console(&self) -> Result<(), String> {
+        let console = &self.console;
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in console.tokens.iter().enumerate() {
+            let at = format!("console.tokens entry {}", i + 1);
+            if token.name.trim().is_empty() {
+                return Err(format!("{at}: name must not be empty"));
+            }
+            if !names.insert(token.name.as_str()) {
+                return Err(format!(
+                    "{at}: the name {:?} is used twice; each person or screen gets a token of its own",
+                    token.name
+                ));
+            }
+            let named = token.token.trim();
+            if !(named.starts_with("{{") && named.ends_with("}}") && named.contains("secrets.")) {
+                // The value is never quoted: it may be the token itself.
+                return Err(format!(
+                    "{at} ({}): token must be {{{{ secrets.NAME }}}}: a token is a secret, read from secrets.dir or SWITCHYARD_SECRET_NAME, never written in this file",
+                    token.name
+                ));
+            }
+        }
+        if console.listen.is_some() && console.tokens.is_empty() {
+            return Err(
+                "console.listen is set but console.tokens is empty: nobody could sign in; add a token ({ name, role: operator|viewer, token: \"{{ secrets.NAME }}\" }) or set console.listen to \"\""
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     fn validate_history(&self) -> Result<(), String> {
@@ -694,6 +799,8 @@ mod tests {
         assert_eq!(c.history.retention_days(), 30);
         assert_eq!(c.history.response_excerpt, 4096);
         assert!(c.history.store_payloads);
+        assert!(c.console.listen.is_none(), "the console is off by default");
+        assert!(c.console.tokens.is_empty());
     }
 
     #[test]
@@ -764,6 +871,23 @@ mod tests {
             ("history:\n  retention: 36h\n", "history.retention"),
             ("history:\n  response_excerpt: 4 parsecs\n", "parsecs"),
             ("history:\n  buffer_rows: 0\n", "history.buffer_rows"),
+            ("console:\n  listen: everywhere\n", "not a listen address"),
+            (
+                "console:\n  listen: 127.0.0.1:0\n",
+                "console.listen is set but console.tokens is empty",
+            ),
+            (
+                "console:\n  tokens: [{ name: a, role: admin, token: '{{ secrets.A }}' }]\n",
+                "admin",
+            ),
+            (
+                "console:\n  tokens: [{ name: a, role: viewer, token: '{{ secrets.A }}' }, { name: a, role: operator, token: '{{ secrets.B }}' }]\n",
+                "used twice",
+            ),
+            (
+                "console:\n  tokens: [{ name: a, role: viewer, token: hunter2 }]\n",
+                "token must be {{ secrets.NAME }}",
+            ),
         ];
         assert_refused(&cases);
     }

@@ -34,6 +34,10 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 pub const STATUS_FRESH: Duration = Duration::from_secs(15);
 /// How long the follower waits before it tries the stream again.
 const FOLLOW_RETRY: Duration = Duration::from_secs(5);
+/// A reader that does not write a marker takes a stream this long quiet for its end...
+const QUIET: Duration = Duration::from_millis(400);
+/// ... and an empty stream for one that gave nothing this long.
+const FIRST_WAIT: Duration = Duration::from_secs(2);
 /// How long a reader waits for its own marker.
 const MARKER_WAIT: Duration = Duration::from_secs(10);
 
@@ -274,6 +278,43 @@ async fn read_to_end(
     Ok(records)
 }
 
+/// Reads a stream from `from` until it has been quiet for [`QUIET`] (or gave nothing within
+/// [`FIRST_WAIT`]), without writing to it: the control stream must hold pauses and resumes, not
+/// a marker per page view (it is never aged out).
+async fn read_until_quiet(
+    connection: &Connection,
+    stream: &str,
+    from: From,
+) -> Result<Vec<Record>, BrokerError> {
+    let (channel, mut consumer) = consume(connection, stream, from).await?;
+    let mut records = Vec::new();
+    let started = std::time::Instant::now();
+    let mut wait = FIRST_WAIT;
+    loop {
+        if started.elapsed() > MARKER_WAIT {
+            crate::broker::close_channel(&channel, 200, "read").await;
+            return Err(BrokerError::Timeout {
+                context: format!("reading {stream} to its end"),
+                after: MARKER_WAIT,
+            });
+        }
+        let delivery = match tokio::time::timeout(wait, consumer.next()).await {
+            Err(_) => break,
+            Ok(None) => return Err(BrokerError::ConsumerEnded(stream.to_owned())),
+            Ok(Some(delivery)) => delivery.context(format!("reading {stream}"))?,
+        };
+        wait = QUIET;
+        let _ = delivery.ack(BasicAckOptions::default()).await;
+        match serde_json::from_slice::<Record>(&delivery.data) {
+            Ok(Record::Marker { .. }) => {}
+            Ok(record) => records.push(record),
+            Err(e) => warn!(stream, error = %e, "unreadable record skipped"),
+        }
+    }
+    crate::broker::close_channel(&channel, 200, "read").await;
+    Ok(records)
+}
+
 /// The pauses in force, from the control stream's records in order.
 pub fn pauses(records: &[Record]) -> HashMap<String, Pause> {
     let mut pauses = HashMap::new();
@@ -309,7 +350,7 @@ pub async fn list(connection: &Connection, streams: &Streams) -> Result<Vec<Stat
     let channel = confirm_channel(connection).await?;
     streams.declare(&channel).await?;
     crate::broker::close_channel(&channel, 200, "declared").await;
-    let control = read_to_end(connection, &streams.control, From::First).await?;
+    let control = read_until_quiet(connection, &streams.control, From::First).await?;
     let status = read_to_end(connection, &streams.status, From::Since(STATUS_FRESH)).await?;
     let mut latest: HashMap<String, Vec<Status>> = HashMap::new();
     for record in status {

@@ -16,6 +16,8 @@
 //!   log call never panics or blocks).
 //! - [`history`]: run history in PostgreSQL (SPEC §9), a room beside the pipeline: the router
 //!   and the worker hand it records without waiting; [`runs`] is its command.
+//! - [`console`]: the operator console (SPEC §11), another room beside the pipeline: runs, dead
+//!   letters and workflows in a browser, over the same code as `runs`, `dlq` and `test`.
 //! - [`commands`]: the commands of SPEC §4 besides `run`: `validate`, `test`, `publish`,
 //!   `topology`, and `dlq/` (the dead-letter commands).
 
@@ -24,6 +26,7 @@ pub mod broker;
 pub mod commands;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod control;
 pub mod delivery;
 pub mod destinations;

@@ -74,6 +74,13 @@ enum Command {
         #[command(subcommand)]
         command: destinations::Command,
     },
+    /// Serves the operator console alone (runs, dead letters, workflows in a browser) on
+    /// console.listen, without consuming anything. Sign in with a token of console.tokens.
+    /// `switchyard run` serves the same console when console.listen is set.
+    #[command(
+        long_about = "Serves the operator console alone (SPEC §11): run history, the dead-letter queue (show, replay with a dry-run preview, export, purge), the loaded workflows and a box to preview an event's requests.\n\nIt listens on console.listen (e.g. 127.0.0.1:9465; SWITCHYARD__CONSOLE__LISTEN) and signs people in with the tokens of console.tokens, each { name, role: operator|viewer, token: \"{{ secrets.NAME }}\" }. It consumes nothing; `switchyard run` serves the same console beside the pipeline when console.listen is set. SIGHUP re-reads the workflow files and secrets (rotated tokens included)."
+    )]
+    Console,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +128,49 @@ fn main() -> ExitCode {
         Command::Destinations { command } => {
             runtime.block_on(destinations::run(&config, command, &mut out))
         }
+        Command::Console => runtime.block_on(console(config)),
+    }
+}
+
+/// `switchyard console`: the console alone, until SIGTERM or SIGINT; SIGHUP reloads.
+async fn console(config: switchyard::Config) -> ExitCode {
+    let _log = telemetry::init_logging(&config.log);
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let Some(listen) = config.console.listen else {
+        error!(
+            "console.listen is empty: set it (e.g. 127.0.0.1:9465, or SWITCHYARD__CONSOLE__LISTEN) and give console.tokens"
+        );
+        return ExitCode::from(commands::USER_ERROR);
+    };
+    let shutdown = CancellationToken::new();
+    let faults = switchyard::faults::Faults::new(shutdown.clone());
+    let app = match switchyard::shared::Shared::new(config, faults) {
+        Ok(app) => std::sync::Arc::new(app),
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::from(commands::USER_ERROR);
+        }
+    };
+    if let Err(e) = switchyard::console::start(app.clone(), listen, false, shutdown.clone()).await {
+        error!(error = %e, "cannot start the console");
+        return ExitCode::from(commands::USER_ERROR);
+    }
+    tokio::spawn(
+        app.faults
+            .guard("reload on SIGHUP", reload_on_hangup(app.clone(), hangup)),
+    );
+    tokio::select! {
+        () = wait_for_signal() => info!("shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    app.history.close(std::time::Duration::from_secs(5)).await;
+    match app.faults.panicked() {
+        Some(panic) => {
+            error!(panic = %panic, exit_status = switchyard::faults::PANICKED, "exiting after a panic");
+            ExitCode::from(switchyard::faults::PANICKED)
+        }
+        None => ExitCode::SUCCESS,
     }
 }
 
@@ -139,26 +189,11 @@ async fn run(config: switchyard::Config, role: Role) -> ExitCode {
         }
     };
     let app = service.app.clone();
-    let faults = app.faults.clone();
-    tokio::spawn(faults.guard("reload on SIGHUP", async move {
-        let mut hangup = match hangup {
-            Ok(signal) => signal,
-            Err(e) => {
-                warn!(error = %e, "SIGHUP reload unavailable");
-                return;
-            }
-        };
-        while hangup.recv().await.is_some() {
-            match app.reload() {
-                Ok(count) => info!(workflows = count, "workflows reloaded"),
-                Err(problems) => {
-                    for problem in &problems {
-                        error!(problem = %problem, "reload refused; the previous workflows keep running");
-                    }
-                }
-            }
-        }
-    }));
+    tokio::spawn(
+        app.faults
+            .clone()
+            .guard("reload on SIGHUP", reload_on_hangup(app, hangup)),
+    );
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -176,6 +211,30 @@ async fn run(config: switchyard::Config, role: Role) -> ExitCode {
         Err(e) => {
             error!(error = %e, "stopped with an error");
             ExitCode::from(commands::UNREACHABLE)
+        }
+    }
+}
+
+/// Re-reads the workflow files and secrets on every SIGHUP (`run` and `console`).
+async fn reload_on_hangup(
+    app: std::sync::Arc<switchyard::shared::Shared>,
+    hangup: std::io::Result<tokio::signal::unix::Signal>,
+) {
+    let mut hangup = match hangup {
+        Ok(signal) => signal,
+        Err(e) => {
+            warn!(error = %e, "SIGHUP reload unavailable");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match app.reload() {
+            Ok(count) => info!(workflows = count, "workflows reloaded"),
+            Err(problems) => {
+                for problem in &problems {
+                    error!(problem = %problem, "reload refused; the previous workflows keep running");
+                }
+            }
         }
     }
 }

@@ -35,6 +35,35 @@ pub fn load(dir: &Path) -> io::Result<HashMap<String, String>> {
     Ok(secrets)
 }
 
+/// Replaces every `{{ secrets.NAME }}` in a setting that is not a template (`history.url`, the
+/// console's tokens) with the secret's value, trimmed. The error says what is wrong without any
+/// value.
+pub fn resolve(text: &str, secrets: &HashMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.trim();
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find("}}") else {
+            return Err("an unclosed {{".into());
+        };
+        let inner = rest[start + 2..start + len].trim();
+        let Some(name) = inner.strip_prefix("secrets.").map(str::trim) else {
+            return Err(format!(
+                "only {{{{ secrets.NAME }}}} may appear in it, not {{{{ {inner} }}}}"
+            ));
+        };
+        let Some(value) = secrets.get(name) else {
+            return Err(format!(
+                "secret {name} is not defined (a file in secrets.dir, or {ENV_PREFIX}{name})"
+            ));
+        };
+        out.push_str(value.trim());
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,9 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+
 use crate::broker::Topology;
 use crate::config::Config;
 use crate::connectors::Connectors;
@@ -14,7 +17,7 @@ use crate::history::History;
 use crate::server::Health;
 use crate::telemetry::Metrics;
 use crate::template::Engine;
-use crate::workflow;
+use crate::workflow::{self, Problem};
 
 /// State shared by every task of the process: what the stages need (configuration, names,
 /// workflows, metrics, clients, readiness, fault reporting, history), built by [`crate::app`].
@@ -39,4 +42,28 @@ pub struct Shared {
     pub history: History,
     /// Follows the operators' pauses and resumes, and publishes the destinations' status (SPEC §10).
     pub control: Arc<Follower>,
+    /// The latest load of the workflow files (at start or on SIGHUP), which the console shows.
+    pub last_load: ArcSwap<LoadReport>,
+}
+
+/// How the latest load of the workflow files went.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Whether the files were taken (a refused reload keeps the previous set running).
+    pub taken: bool,
+    /// What was found wrong: errors when refused, warnings and lints either way.
+    pub problems: Vec<Problem>,
+}
+
+impl LoadReport {
+    /// A load at this moment.
+    pub fn now(taken: bool, problems: Vec<Problem>) -> LoadReport {
+        LoadReport {
+            at: Utc::now(),
+            taken,
+            problems,
+        }
+    }
 }

@@ -177,9 +177,11 @@ async fn the_readme_quick_start_delivers_the_documented_post() {
     let prefix = unique_prefix("quickstart");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let console = format!("127.0.0.1:{}", free_port());
     let envs = [
         ("SWITCHYARD__AMQP__PREFIX", prefix.as_str()),
         ("SWITCHYARD__METRICS__LISTEN", listen.as_str()),
+        ("SWITCHYARD__CONSOLE__LISTEN", console.as_str()),
     ];
     let config = Config::from_yaml(&format!("amqp: {{ prefix: {prefix} }}\n")).expect("config");
     let guard = TopologyGuard::new(&config);
@@ -191,6 +193,19 @@ async fn the_readme_quick_start_delivers_the_documented_post() {
         matches!(http_get(&ready).await, Some((200, _)))
     })
     .await;
+    // The console it prints, with the demo token.
+    assert!(
+        service.output().contains(&format!(
+            "console: http://{console}  token: demo-console-token"
+        )),
+        "{}",
+        service.output()
+    );
+    let login = http_get(&format!("http://{console}/login")).await;
+    assert!(
+        matches!(&login, Some((200, body)) if body.contains("Sign in")),
+        "{login:?}"
+    );
 
     let mut demo_sink = Shell::start(&sink, &[], dir.path(), "sink");
     wait_until_within("`make sink` to listen", START_DEADLINE, async || {

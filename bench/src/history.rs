@@ -19,42 +19,69 @@ use rand::Rng as _;
 use switchyard::history::query::{self, RunFilter};
 use switchyard::history::schema;
 
-/// `switchyard-bench history`.
+/// The generated run history a bench works in: `history` and `console` share it.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct Data {
     /// The PostgreSQL database; the bench works in a schema of its own there, dropped at the end.
     #[arg(
         long,
         env = "BENCH_HISTORY_URL",
         default_value = "postgres://switchyard:switchyard@127.0.0.1:5432/switchyard"
     )]
-    url: String,
+    pub url: String,
     /// Attempt rows to generate.
     #[arg(long, default_value_t = 10_000_000)]
-    rows: u64,
+    pub rows: u64,
     /// Days they spread over (one partition each), ending today.
     #[arg(long, default_value_t = 7)]
-    days: u64,
+    pub days: u64,
+    /// Keep the schema (its name is printed) instead of dropping it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Work in a schema a `--keep` run filled (give it the same --rows and --days); it is kept.
+    /// (`history` drops its oldest remaining day.)
+    #[arg(long, value_name = "SCHEMA")]
+    pub reuse: Option<String>,
+}
+
+impl Data {
+    /// The bench's schema: the one to reuse, or a new one named after `run`.
+    pub async fn schema(&self, run: &str) -> anyhow::Result<RunSchema> {
+        match &self.reuse {
+            Some(name) => Ok(RunSchema::existing(&self.url, name)),
+            None => RunSchema::create(&self.url, &format!("{run}-{}", std::process::id())).await,
+        }
+    }
+
+    /// Drops the schema, unless it is to be kept.
+    pub async fn done(&self, schema: RunSchema) {
+        if self.keep || self.reuse.is_some() {
+            eprintln!("bench: kept PostgreSQL schema {}", schema.schema);
+        } else if let Err(e) = schema.drop().await {
+            eprintln!("bench: {e:#}");
+        }
+    }
+}
+
+/// `switchyard-bench history`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where and how much.
+    #[command(flatten)]
+    data: Data,
     /// Lookups timed of each kind.
     #[arg(long, default_value_t = 200)]
     samples: usize,
     /// Rows per page, as `runs list --limit` (its default is 50).
     #[arg(long, default_value_t = 50)]
     limit: usize,
-    /// Keep the schema (its name is printed) instead of dropping it.
-    #[arg(long)]
-    keep: bool,
-    /// Time the lookups again in a schema a `--keep` run filled (give it the same --rows and
-    /// --days; it is kept, and its oldest remaining day is dropped).
-    #[arg(long, value_name = "SCHEMA")]
-    reuse: Option<String>,
 }
 
 /// Actions per event in the generated rows.
 const ACTIONS_PER_EVENT: u64 = 3;
 /// Distinct contacts, workflows and workspaces.
-const CONTACTS: u64 = 1_000_000;
-const WORKFLOWS: u64 = 10_000;
+pub(crate) const CONTACTS: u64 = 1_000_000;
+pub(crate) const WORKFLOWS: u64 = 10_000;
 const WORKSPACES: u64 = 1_000;
 
 /// One day of attempt rows `lo..hi`, spread evenly over the day starting at `$1`. Row `i` belongs
@@ -101,28 +128,46 @@ type FilterOf<'a> = dyn Fn(&mut rand::rngs::ThreadRng) -> RunFilter + 'a;
 
 /// Fills, times, reports, cleans up.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.days >= 2, "--days must be at least 2 (one is dropped)");
     anyhow::ensure!(
-        args.rows >= args.days * 10,
+        args.data.days >= 2,
+        "--days must be at least 2 (one is dropped)"
+    );
+    anyhow::ensure!(
+        args.data.rows >= args.data.days * 10,
         "--rows must be at least 10 per day"
     );
     let started = Utc::now();
-    let schema = match &args.reuse {
-        Some(name) => RunSchema::existing(&args.url, name),
-        None => RunSchema::create(&args.url, &format!("history-{}", std::process::id())).await?,
-    };
+    let schema = args.data.schema("history").await?;
     eprintln!("bench: history: schema {}", schema.schema);
     let outcome = fill_and_time(args, &schema, started).await;
-    if args.keep || args.reuse.is_some() {
-        eprintln!("bench: kept PostgreSQL schema {}", schema.schema);
-    } else if let Err(e) = schema.drop().await {
-        eprintln!("bench: {e:#}");
-    }
+    args.data.done(schema).await;
     print!("{}", outcome?);
     Ok(())
 }
 
-async fn fill_and_time(args: &Args, run: &RunSchema, now: DateTime<Utc>) -> anyhow::Result<String> {
+/// What [`fill`] made.
+pub struct Filled {
+    /// The days, oldest first (one partition each).
+    pub days: Vec<NaiveDate>,
+    /// Rows per day.
+    pub per_day: u64,
+    /// The first day.
+    pub first_day: NaiveDate,
+    /// The attempts table's size with indexes, in bytes.
+    pub size: i64,
+    /// How long filling took.
+    pub elapsed: Duration,
+}
+
+/// Migrates `run` and fills it with `rows` attempt rows over `days` days ending at `now` (or, with
+/// `reuse`, only measures what a `--keep` run filled).
+pub async fn fill(
+    run: &RunSchema,
+    rows: u64,
+    days: u64,
+    reuse: bool,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Filled> {
     let mut client = run.connect().await?;
     client
         .batch_execute("SET maintenance_work_mem = '512MB'; SET synchronous_commit = off")
@@ -133,20 +178,16 @@ async fn fill_and_time(args: &Args, run: &RunSchema, now: DateTime<Utc>) -> anyh
         .context("migrating the bench schema")?;
     let today = now.date_naive();
     let first_day = today
-        .checked_sub_days(Days::new(args.days - 1))
+        .checked_sub_days(Days::new(days - 1))
         .context("--days reaches before the calendar")?;
-    let days: Vec<NaiveDate> = (0..args.days)
+    let days: Vec<NaiveDate> = (0..days)
         .filter_map(|n| first_day.checked_add_days(Days::new(n)))
         .collect();
 
     // 1. The rows, a day at a time: load a plain table, then attach it (building its indexes).
     let filling = Instant::now();
-    let per_day = args.rows / args.days;
-    let fill_days = if args.reuse.is_some() {
-        &[][..]
-    } else {
-        &days[..]
-    };
+    let per_day = rows / days.len() as u64;
+    let fill_days = if reuse { &[][..] } else { &days[..] };
     for (n, day) in fill_days.iter().enumerate() {
         let (lo, hi) = (n as u64 * per_day, (n as u64 + 1) * per_day);
         let day_started = Instant::now();
@@ -184,7 +225,7 @@ async fn fill_and_time(args: &Args, run: &RunSchema, now: DateTime<Utc>) -> anyh
             (day_started.elapsed() - loaded).as_secs_f64()
         );
     }
-    if args.reuse.is_none() {
+    if !reuse {
         // The events table's partitions, and those ahead, as the service would have them.
         schema::ensure_partitions(
             &mut client,
@@ -211,13 +252,36 @@ async fn fill_and_time(args: &Args, run: &RunSchema, now: DateTime<Utc>) -> anyh
         .await
         .context("measuring the table")?
         .get(0);
+    Ok(Filled {
+        days,
+        per_day,
+        first_day,
+        size,
+        elapsed: filled,
+    })
+}
+
+async fn fill_and_time(args: &Args, run: &RunSchema, now: DateTime<Utc>) -> anyhow::Result<String> {
+    let Filled {
+        days,
+        per_day,
+        first_day,
+        size,
+        elapsed: filled,
+    } = fill(
+        run,
+        args.data.rows,
+        args.data.days,
+        args.data.reuse.is_some(),
+        now,
+    )
+    .await?;
 
     // 2. The lookups, each `samples` times with random values, as `runs list` runs them: on a
     // connection of their own, as the command and the console have.
-    drop(client);
     let mut client = run.connect().await?;
-    let total_rows = per_day * args.days;
-    let span_secs = (args.days * 86_400) as i64;
+    let total_rows = per_day * args.data.days;
+    let span_secs = (args.data.days * 86_400) as i64;
     let data_start = first_day
         .and_hms_opt(0, 0, 0)
         .context("midnight")?
@@ -283,14 +347,14 @@ async fn fill_and_time(args: &Args, run: &RunSchema, now: DateTime<Utc>) -> anyh
         .context("dropping the oldest day")?;
     let drop_time = dropping.elapsed();
 
-    let generated = match &args.reuse {
+    let generated = match &args.data.reuse {
         Some(_) => "reused".to_owned(),
         None => format!("generated and vacuumed in {:.0} s", filled.as_secs_f64()),
     };
     let mut out = format!(
         "\nswitchyard-bench history: {total_rows} attempt rows over {} days ({:.1} GiB with indexes), {generated}\n\
          lookup (runs list --limit {}, {} samples each)   p50        p95        max      rows/page   target p95 ≤ 50 ms\n",
-        args.days,
+        args.data.days,
         size as f64 / (1u64 << 30) as f64,
         args.limit,
         args.samples,

@@ -24,6 +24,7 @@
 //! and how much went to other processes (noise).
 
 mod amqp;
+mod console;
 mod event;
 mod history;
 mod isolation;
@@ -153,6 +154,9 @@ enum Command {
     /// Destinations (issue 14): 50 destinations, one of which hangs, then answers 429 with
     /// Retry-After: 30; the other 49's throughput and p99 against a run with all 50 healthy.
     Isolation(isolation::Args),
+    /// The operator console at scale: fills a run history as `history` does (10 million rows by
+    /// default), serves the console over it and times each page (p50/p95 over --samples loads).
+    Console(console::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -174,6 +178,7 @@ fn main() -> std::process::ExitCode {
     let ran = match (&args.command, args.history_pairs) {
         (Some(Command::History(history)), _) => runtime.block_on(history::run(history)),
         (Some(Command::Isolation(isolation)), _) => runtime.block_on(isolation::run(isolation)),
+        (Some(Command::Console(console)), _) => runtime.block_on(console::run(console)),
         (None, Some(pairs)) => runtime.block_on(history_pairs(&args, pairs)),
         (None, None) => runtime
             .block_on(bench(&args, args.history_url.as_deref()))

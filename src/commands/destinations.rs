@@ -73,7 +73,7 @@ pub async fn run(config: &Config, command: Command, out: &mut impl Write) -> Exi
 }
 
 /// A destination id as an operator may type it: not empty, one line, no spaces.
-fn check_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err("the destination is empty; give a connection id, a webhook id or host[:port] (see `switchyard destinations list`)".into());
     }

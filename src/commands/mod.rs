@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use crate::config::Config;
 
 pub use self::publish::publish;
-pub use self::test::dry_run;
+pub use self::test::{Unpreviewable, dry_run, preview};
 pub use self::topology::topology;
 pub use self::validate::validate;
 

@@ -58,8 +58,22 @@ pub fn dry_run(config: &Config, event_file: &Path, out: &mut impl Write) -> Exit
             return ExitCode::from(USER_ERROR);
         }
     };
-    let breaks_schema = schema_report(&raw, out);
-    let event = match Event::parse(&raw, config.router.max_event_bytes) {
+    match preview(config, &raw, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Unpreviewable) => ExitCode::from(USER_ERROR),
+    }
+}
+
+/// Why an event could not be previewed; what was wrong is already written out.
+#[derive(Debug, Clone, Copy)]
+pub struct Unpreviewable;
+
+/// Writes what `raw` would match and exactly the requests it would make, secrets redacted (the
+/// workflow files are loaded without secrets, so every one renders as `[redacted]`); sends
+/// nothing. The `test` command and the console's paste box (SPEC §11) both show this.
+pub fn preview(config: &Config, raw: &[u8], out: &mut impl Write) -> Result<(), Unpreviewable> {
+    let breaks_schema = schema_report(raw, out);
+    let event = match Event::parse(raw, config.router.max_event_bytes) {
         Ok(event) => event,
         Err(rejection) => {
             let _ = writeln!(
@@ -67,7 +81,7 @@ pub fn dry_run(config: &Config, event_file: &Path, out: &mut impl Write) -> Exit
                 "the router would reject this event ({}): {rejection}",
                 rejection.label()
             );
-            return ExitCode::from(USER_ERROR);
+            return Err(Unpreviewable);
         }
     };
     if breaks_schema {
@@ -87,7 +101,7 @@ pub fn dry_run(config: &Config, event_file: &Path, out: &mut impl Write) -> Exit
         for problem in problems.iter().filter(|p| p.severity == Severity::Error) {
             let _ = writeln!(out, "{problem}");
         }
-        return ExitCode::from(USER_ERROR);
+        return Err(Unpreviewable);
     };
     let _ = writeln!(
         out,
@@ -166,7 +180,7 @@ pub fn dry_run(config: &Config, event_file: &Path, out: &mut impl Write) -> Exit
     if matched == 0 {
         let _ = writeln!(out, "\nno workflow or webhook matches this event");
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn print_preview(out: &mut impl Write, preview: Result<crate::connectors::Request, Outcome>) {

@@ -8,6 +8,11 @@ use crate::broker::message::Attempts;
 use crate::destinations::Hold;
 use crate::outcome::{ErrorClass, Failure, Outcome};
 
+/// Held actions come back spread over their wait and up to this much more (0.5: a 30 s hold
+/// returns between 30 and 45 s later), so that those held for one rate-limit window or one
+/// breaker cool-down do not all come back at its end.
+pub const HOLD_SPREAD: f64 = 0.5;
+
 /// What to do with a delivery once its call (with its quick retries) is over.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -55,7 +60,12 @@ pub fn decide(
         // stretched by the jitter draw (never shortened): the actions held for one rate-limit
         // window all wait for the same instant, and must not all come back at it.
         Outcome::Held(hold) => {
-            let wait = hold.wait.mul_f64(1.0 + draw.abs());
+            let spread = if policy.jitter > 0.0 {
+                draw.abs() / policy.jitter * HOLD_SPREAD
+            } else {
+                0.0
+            };
+            let wait = hold.wait.mul_f64(1.0 + spread);
             let delay = compute_delay(policy.schedule, policy.jitter, 0, Some(wait), draw);
             Decision::Hold { hold, delay }
         }
@@ -171,8 +181,8 @@ mod tests {
             (held(1), at(6, 3), 0.0, "hold 5s 5s"),
             (held(90), at(6, 3), 0.0, "hold 2m 90s"),
             // Spread after the wait, never before it, whichever way the draw goes.
-            (held(30), at(0, 0), 0.2, "hold 30s 36s"),
-            (held(30), at(0, 0), -0.1, "hold 30s 33s"),
+            (held(30), at(0, 0), 0.2, "hold 2m 45s"),
+            (held(30), at(0, 0), -0.1, "hold 2m 37.5s"),
             (success(), at(1, 0), 0.0, "success 201"),
             (success(), at(9, 3), 0.0, "success 201"),
             // The first broker retry waits in the first tier, jittered within it.

@@ -457,11 +457,14 @@ impl Destinations {
         if let Some(opened) = entry.opened_at {
             let open_for = now.saturating_duration_since(opened);
             if open_for < self.config.cool_down || entry.probing {
-                let wait = self
-                    .config
-                    .cool_down
-                    .saturating_sub(open_for)
-                    .max(Duration::from_secs(1));
+                // While a probe runs, come back after a whole cool-down: its verdict is known
+                // by then, and a hanging probe must not make the others cycle every second.
+                let wait = if entry.probing {
+                    self.config.cool_down
+                } else {
+                    self.config.cool_down.saturating_sub(open_for)
+                }
+                .max(Duration::from_secs(1));
                 let reason = format!(
                     "circuit breaker open for {destination} after {} consecutive failures; held, not called",
                     entry.failures
@@ -525,7 +528,11 @@ impl Destinations {
         if let Some(opened) = entry.opened_at {
             let open_for = now.saturating_duration_since(opened);
             if open_for < self.config.cool_down || entry.probing {
-                let wait = self.config.cool_down.saturating_sub(open_for);
+                let wait = if entry.probing {
+                    self.config.cool_down
+                } else {
+                    self.config.cool_down.saturating_sub(open_for)
+                };
                 return Some(self.held_for(
                     destination,
                     HoldWhy::Open,

@@ -83,29 +83,7 @@ pub enum HistoryError {
 
 /// Replaces every `{{ secrets.NAME }}` in `url` with the secret's value.
 pub fn resolve_url(url: &str, secrets: &HashMap<String, String>) -> Result<String, HistoryError> {
-    let mut out = String::with_capacity(url.len());
-    let mut rest = url.trim();
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find("}}") else {
-            return Err(HistoryError::Url("an unclosed {{".into()));
-        };
-        let inner = rest[start + 2..start + len].trim();
-        let Some(name) = inner.strip_prefix("secrets.").map(str::trim) else {
-            return Err(HistoryError::Url(format!(
-                "only {{{{ secrets.NAME }}}} may appear in it, not {{{{ {inner} }}}}"
-            )));
-        };
-        let Some(value) = secrets.get(name) else {
-            return Err(HistoryError::Url(format!(
-                "secret {name} is not defined (a file in secrets.dir, or SWITCHYARD_SECRET_{name})"
-            )));
-        };
-        out.push_str(value.trim());
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    crate::secrets::resolve(url, secrets).map_err(HistoryError::Url)
 }
 
 /// Opens one connection; its I/O runs on a spawned task until the client is dropped.

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod apps;
 pub mod cluster;
+pub mod console;
 pub mod paced;
 pub mod pg;
 
@@ -825,6 +826,8 @@ pub struct Harness {
     pub broker: Broker,
     /// Where `/metrics` answers.
     pub metrics_addr: SocketAddr,
+    /// Where the console answers (when the test set `console.listen`).
+    pub console_addr: Option<SocketAddr>,
     /// Stops the service.
     token: CancellationToken,
     /// The running service (taken by [`Harness::finish`]).
@@ -864,12 +867,14 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("the service did not start: {e}"));
         let metrics_addr = service.metrics_addr();
+        let console_addr = service.console_addr();
         let harness = Harness {
             prefix,
             config,
             dir,
             broker: Broker::connect().await,
             metrics_addr,
+            console_addr,
             token,
             service: Some(service),
             guard: Some(guard),

@@ -201,3 +201,8 @@ A placeholder left unfilled (a typo in values, or a key removed) fails the rende
 {{- end }}
 {{- $rules }}
 {{- end }}
+
+{{/* `{{ secrets.NAME }}` for a secret's name: how switchyard.yaml names a secret (the console's tokens). */}}
+{{- define "switchyard.secretRef" -}}
+{{ "{{" }} secrets.{{ . }} {{ "}}" }}
+{{- end }}

@@ -36,6 +36,10 @@ pub struct Filter {
     /// Only records dead-lettered at or before this time (same forms as --since).
     #[arg(long, value_parser = parse_when)]
     pub until: Option<DateTime<Utc>>,
+    /// Only the record with this message id (an action id). Not a command-line flag: the
+    /// console's per-record replay and purge select by it.
+    #[arg(skip)]
+    pub id: Option<String>,
 }
 
 impl Filter {
@@ -46,6 +50,9 @@ impl Filter {
             Some(wanted) => got.as_deref() == Some(wanted.as_str()),
             None => true,
         };
+        if self.id.as_deref().is_some_and(|id| record.id() != Some(id)) {
+            return false;
+        }
         if !exact(&self.connector, record.connector())
             || !exact(&self.workflow, record.workflow())
             || !exact(&self.action, record.action())
@@ -76,7 +83,7 @@ impl Filter {
     }
 
     /// Whether no filter was given.
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.connector.is_none()
             && self.workflow.is_none()
             && self.action.is_none()
@@ -85,11 +92,12 @@ impl Filter {
             && self.reason.is_none()
             && self.since.is_none()
             && self.until.is_none()
+            && self.id.is_none()
     }
 
     /// Checks what clap cannot: the time window is not empty. Done before connecting, so that a
     /// bad argument is a user error whatever state the broker is in.
-    pub(super) fn check(&self) -> Result<(), DlqError> {
+    pub(crate) fn check(&self) -> Result<(), DlqError> {
         match (self.since, self.until) {
             (Some(since), Some(until)) if since > until => Err(DlqError::Usage(format!(
                 "--since {} is after --until {}",

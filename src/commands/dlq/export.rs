@@ -15,6 +15,46 @@ use crate::broker::Topology;
 /// Records acked together after one `fsync` of the export file.
 const EXPORT_BATCH: usize = 256;
 
+/// One record as an export line: its id, every header, and the body (JSON when it is).
+fn export_line(record: &Record) -> Value {
+    serde_json::json!({
+        "id": record.id(),
+        "headers": Value::Object(record.headers_json()),
+        "body": record.body_json(),
+    })
+}
+
+/// The export lines of the records matching `filter` (at most `limit`), and how many; unlike
+/// `dlq export` the records stay in the queue. The console's download: a browser may never save
+/// what it was sent, so nothing is removed on its account.
+pub async fn export_copy(
+    connection: &Connection,
+    topology: &Topology,
+    filter: &Filter,
+    limit: Option<usize>,
+) -> Result<(Vec<u8>, usize), DlqError> {
+    let mut pass = Pass::open(connection, &topology.dead_letter).await?;
+    let mut lines = Vec::new();
+    let mut copied = 0usize;
+    let read = async {
+        while let Some(record) = pass.next().await? {
+            if !filter.matches(&record) || limit.is_some_and(|limit| copied >= limit) {
+                continue;
+            }
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut lines, &export_line(&record));
+            lines.push(b'\n');
+            copied += 1;
+        }
+        Ok::<_, DlqError>(())
+    }
+    .await;
+    let finished = pass.finish().await;
+    read?;
+    finished?;
+    Ok((lines, copied))
+}
+
 /// `dlq export`.
 pub(super) async fn export(
     connection: &Connection,
@@ -60,11 +100,7 @@ pub(super) async fn export(
             if !filter.matches(&record) || limit.is_some_and(|limit| exported >= limit) {
                 continue;
             }
-            let line = serde_json::json!({
-                "id": record.id(),
-                "headers": Value::Object(record.headers_json()),
-                "body": record.body_json(),
-            });
+            let line = export_line(&record);
             serde_json::to_writer(&mut sink, &line).map_err(|e| io(e.into()))?;
             sink.write_all(b"\n").map_err(io)?;
             exported += 1;

@@ -1,8 +1,8 @@
 //! The dead-letter commands of SPEC §4: `dlq stats`, `list`, `show`, `replay`, `export`, `purge`.
 //!
-//! Every command reads `<prefix>.dead-letter` in one bounded pass (`pass::Pass`): `basic.get` without
-//! auto-ack, one record at a time, until the queue answers empty or as many records have been read
-//! as it held when the pass began. Every delivery stays unacked until the pass ends, so the broker
+//! Every command reads `<prefix>.dead-letter` in one bounded pass (`pass::Pass`): a consumer without
+//! auto-ack whose prefetch is the number of records the queue held when the pass began, read until
+//! that many have come or none comes for a second (the queue is empty). Every delivery stays unacked until the pass ends, so the broker
 //! cannot hand the same record back twice in one pass; records the command removes (replayed once
 //! their copy is confirmed, exported once their line is on disk, purged) are acked, and everything
 //! else is handed back with one `nack(requeue)` at the end, unchanged. Passes read to the end even
@@ -36,12 +36,16 @@ use crate::broker::{self, BrokerError, Topology};
 use crate::config::Config;
 
 pub use self::args::Filter;
+// The console (SPEC §11) reads and repairs the queue through the same passes.
 pub(crate) use self::args::{parse_when, positive_rate};
+pub use self::export::export_copy;
+pub use self::list::{Listed, Listing, Shown, collect, find};
 pub(crate) use self::pass::require_exchange;
+pub use self::purge::{Purged, purge_records};
 pub use self::record::Record;
+pub use self::replay::{ReplayOptions, ReplayTotals, Replayed, replay_records};
 // `runs` prints its tables with the same helpers.
 use self::args::parse_hold;
-use self::replay::ReplayOptions;
 pub(crate) use super::table::{cell, short_time, table};
 
 #[derive(Debug, clap::Subcommand)]
@@ -120,7 +124,7 @@ pub enum Command {
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DlqError {
+pub enum DlqError {
     /// Bad arguments, or a queue or exchange the configuration names does not exist (exit 1).
     #[error("{0}")]
     Usage(String),

@@ -3,11 +3,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
 
 use super::{DlqError, Record};
 use crate::broker::{self, AmqpContext, BrokerError};
@@ -19,6 +21,8 @@ pub(super) struct Pass {
     channel: Channel,
     /// The queue.
     queue: String,
+    /// The records as the broker pushes them (none when the queue was empty at the start).
+    consumer: Option<Consumer>,
     /// Ready records when the pass began: it never reads more, so records handed back or
     /// dead-lettered meanwhile cannot keep it going.
     budget: u32,
@@ -52,9 +56,33 @@ impl Pass {
                 }));
             }
         };
+        // The broker pushes the records (one round trip per record with basic.get made a pass over
+        // a hundred records take a tenth of a second or more); the prefetch is the budget, so it
+        // pushes no more than the pass may read. Above what a prefetch can say, no limit: the
+        // extra records are handed back untouched by `finish` like every other.
+        let consumer = if budget == 0 {
+            None
+        } else {
+            let prefetch = u16::try_from(budget).unwrap_or(0);
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .context(format!("setting the prefetch on {queue}"))?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    "switchyard-dlq-pass".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .context(format!("reading {queue}"))?;
+            Some(consumer)
+        };
         Ok(Pass {
             channel,
             queue: queue.to_owned(),
+            consumer,
             budget,
             read: 0,
             seen: HashSet::new(),
@@ -62,22 +90,18 @@ impl Pass {
         })
     }
 
-    /// The next record, or `None` once the queue is empty or the budget is spent.
+    /// The next record, or `None` once the budget is spent or no record came for [`IDLE`] (the
+    /// queue is empty: another reader holds the rest).
     pub(super) async fn next(&mut self) -> Result<Option<Record>, DlqError> {
         while self.read < self.budget {
-            let got = self
-                .channel
-                .basic_get(
-                    self.queue.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await
-                .context(format!("reading {}", self.queue))?;
-            let Some(got) = got else {
+            let Some(consumer) = self.consumer.as_mut() else {
                 return Ok(None);
             };
+            let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
+                Err(_) | Ok(None) => return Ok(None),
+                Ok(Some(delivery)) => delivery.context(format!("reading {}", self.queue))?,
+            };
             self.read += 1;
-            let delivery = got.delivery;
             let record = Record {
                 tag: delivery.delivery_tag,
                 letter: DeadLetter::new(delivery.properties, delivery.data),
@@ -106,7 +130,13 @@ impl Pass {
 
     /// Hands every record not removed back to the queue, unchanged, and closes the channel.
     pub(super) async fn finish(self) -> Result<(), DlqError> {
-        if self.read > 0 {
+        if let Some(consumer) = &self.consumer {
+            // No more pushes; what was pushed and not read is unacked too, and goes back with
+            // the rest.
+            self.channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await
+                .context(format!("ending the read of {}", self.queue))?;
             // Tag 0 with `multiple` means every delivery still unacked on this channel.
             self.channel
                 .basic_nack(
@@ -118,6 +148,8 @@ impl Pass {
                 )
                 .await
                 .context(format!("handing records back to {}", self.queue))?;
+        }
+        if self.read > 0 {
             // The broker applies the requeue after this returns: wait (briefly) until the records
             // are ready again, so that the next command sees them, not a queue that looks empty.
             let until = tokio::time::Instant::now() + REQUEUE_WAIT;
@@ -139,6 +171,9 @@ impl Pass {
         self.budget.saturating_sub(self.removed)
     }
 }
+
+/// How long a pass waits for the next record before taking the queue for empty.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// How long a pass waits, at its end, for the records it handed back to be ready again.
 const REQUEUE_WAIT: Duration = Duration::from_secs(2);
