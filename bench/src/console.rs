@@ -231,7 +231,7 @@ async fn time_pages(
     let total = filled.per_day * filled.days.len() as u64;
     let mut rng = rand::rng();
     type PathOf = fn(&mut rand::rngs::ThreadRng, u64) -> String;
-    let pages: [(&'static str, PathOf); 7] = [
+    let pages: [(&'static str, PathOf); 8] = [
         ("/ (overview)", |_, _| "/".into()),
         ("/runs (unfiltered, newest first)", |_, _| "/runs".into()),
         ("/runs?contact=<email>", |rng, _| {
@@ -247,6 +247,7 @@ async fn time_pages(
             // The generator's action ids: act_ + 16 hex digits of a row number.
             format!("/runs/act_{:016x}", rng.random_range(0..total) / 10 * 10)
         }),
+        ("/destinations", |_, _| "/destinations".into()),
         ("/workflows", |_, _| "/workflows".into()),
         ("/dead-letters", |_, _| "/dead-letters".into()),
     ];
