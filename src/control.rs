@@ -13,10 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
@@ -24,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::broker::{AmqpContext, BrokerError};
+use crate::broker::{AmqpContext, BrokerError, Publisher};
 use crate::config::Config;
 use crate::destinations::{Destinations, Pause, State, Status};
 
@@ -155,44 +152,16 @@ impl From {
     }
 }
 
-/// Opens a channel for publishing records with confirms.
-async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a control channel")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("enabling publisher confirms")?;
-    Ok(channel)
-}
-
-/// Appends a record to a stream and waits for its confirm.
-pub async fn append(channel: &Channel, stream: &str, record: &Record) -> Result<(), BrokerError> {
+/// Appends a record to a stream through `publisher` (persistent, confirmed).
+pub async fn append(
+    publisher: &Publisher,
+    stream: &str,
+    record: &Record,
+) -> Result<(), BrokerError> {
     let body =
         serde_json::to_vec(record).map_err(|e| BrokerError::Refused(format!("{stream}: {e}")))?;
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            stream.into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into()),
-        )
-        .await
-        .context(format!("publishing to {stream}"))?;
-    match confirm
-        .await
-        .context(format!("confirming a record on {stream}"))?
-    {
-        lapin::Confirmation::Nack(_) | lapin::Confirmation::Ack(Some(_)) => {
-            Err(BrokerError::Refused(stream.to_owned()))
-        }
-        _ => Ok(()),
-    }
+    let properties = BasicProperties::default().with_content_type("application/json".into());
+    publisher.publish("", stream, &body, properties).await
 }
 
 /// A random id for a marker.
@@ -246,7 +215,7 @@ async fn read_to_end(
     stream: &str,
     from: From,
 ) -> Result<Vec<Record>, BrokerError> {
-    let writer = confirm_channel(connection).await?;
+    let writer = Publisher::open(connection).await?;
     let (channel, mut consumer) = consume(connection, stream, from).await?;
     let id = marker_id();
     append(&writer, stream, &Record::Marker { id: id.clone() }).await?;
@@ -274,7 +243,7 @@ async fn read_to_end(
         }
     }
     crate::broker::close_channel(&channel, 200, "read").await;
-    crate::broker::close_channel(&writer, 200, "read").await;
+    crate::broker::close_channel(writer.channel(), 200, "read").await;
     Ok(records)
 }
 
@@ -338,16 +307,19 @@ pub async fn write(
     streams: &Streams,
     record: &Record,
 ) -> Result<(), BrokerError> {
-    let channel = confirm_channel(connection).await?;
-    streams.declare(&channel).await?;
-    append(&channel, &streams.control, record).await?;
-    crate::broker::close_channel(&channel, 200, "written").await;
+    let publisher = Publisher::open(connection).await?;
+    streams.declare(publisher.channel()).await?;
+    append(&publisher, &streams.control, record).await?;
+    crate::broker::close_channel(publisher.channel(), 200, "written").await;
     Ok(())
 }
 
 /// What `destinations list` shows: every process's fresh status merged with the pauses.
 pub async fn list(connection: &Connection, streams: &Streams) -> Result<Vec<Status>, BrokerError> {
-    let channel = confirm_channel(connection).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
     streams.declare(&channel).await?;
     crate::broker::close_channel(&channel, 200, "declared").await;
     let control = read_until_quiet(connection, &streams.control, From::First).await?;
@@ -481,8 +453,8 @@ impl Follower {
             next => From::Offset(next),
         };
         let setup = async {
-            let writer = confirm_channel(connection).await?;
-            self.streams.declare(&writer).await?;
+            let writer = Publisher::open(connection).await?;
+            self.streams.declare(writer.channel()).await?;
             let (channel, consumer) = consume(connection, &self.streams.control, from).await?;
             Ok::<_, BrokerError>((writer, channel, consumer))
         };
@@ -540,7 +512,7 @@ impl Follower {
         };
         marker.abort();
         status.abort();
-        for channel in [&channel, &writer] {
+        for channel in [&channel, writer.channel()] {
             crate::broker::close_channel(channel, 200, "stopping").await;
         }
         result
@@ -548,7 +520,7 @@ impl Follower {
 
     /// Publishes this process's destinations every [`STATUS_EVERY`] (best effort: a failure is
     /// logged, and the next one tries again).
-    async fn publish_status(self: Arc<Self>, channel: Channel, stop: CancellationToken) {
+    async fn publish_status(self: Arc<Self>, publisher: Publisher, stop: CancellationToken) {
         let mut every = tokio::time::interval(STATUS_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -564,7 +536,7 @@ impl Follower {
                 process: self.process.clone(),
                 destinations,
             };
-            if let Err(e) = append(&channel, &self.streams.status, &record).await {
+            if let Err(e) = append(&publisher, &self.streams.status, &record).await {
                 debug!(error = %e, "could not publish the destinations' status");
             }
         }

@@ -13,9 +13,7 @@ use super::bulkhead::{Bulkheads, without_slot};
 use super::proxy::{BadProxy, ProxyRules};
 use crate::config::HttpConfig;
 use crate::destinations::limits::Limits;
-use crate::destinations::{
-    Admit, BUSY_HOLD, BUSY_WAIT, Destination, Destinations, HoldWhy, Report,
-};
+use crate::destinations::{Admit, BUSY_WAIT, Destination, Destinations, Report};
 use crate::net::{Guard, GuardedResolver, ResolveError, find_blocked};
 use crate::outcome::ErrorClass;
 use crate::outcome::{self, Outcome};
@@ -126,8 +124,9 @@ impl HttpClient {
     /// [`Outcome::Held`] when `request`'s destination holds its calls now (checked before any
     /// wait for a connection's or a host's limits, so that held actions never queue there).
     pub fn held(&self, request: &Request) -> Option<Outcome> {
-        let destination = destination_of(request);
-        self.destinations.check(&destination).map(Outcome::Held)
+        self.destinations
+            .check(&destination_of(request))
+            .map(Outcome::Held)
     }
 
     /// Sends a request and classifies what comes back.
@@ -177,8 +176,8 @@ impl HttpClient {
         }
         let connector = request.connector;
         let destination = destination_of(&request);
-        if let Some(held) = self.held(&request) {
-            return held;
+        if let Some(hold) = self.destinations.check(&destination) {
+            return Outcome::Held(hold);
         }
         // Room at the host first (waiting without a worker slot, at most BUSY_WAIT: a host this
         // slow must not fill the worker's prefetch with waiting actions), then the destination's
@@ -188,12 +187,7 @@ impl HttpClient {
         let _room = match room.await {
             Ok(Ok(room)) => room,
             Ok(Err(abandoned)) => return abandoned.into(),
-            Err(_) => {
-                let hold = self
-                    .destinations
-                    .held_for(&destination, HoldWhy::Busy, BUSY_HOLD);
-                return Outcome::Held(hold);
-            }
+            Err(_) => return Outcome::Held(Destinations::busy(&destination)),
         };
         let ticket = match self.destinations.admit(&destination, connector) {
             Admit::Hold(hold) => return Outcome::Held(hold),

@@ -428,15 +428,10 @@ impl Destinations {
     pub fn admit(self: &Arc<Self>, destination: &Destination, connector: &'static str) -> Admit {
         let now = Instant::now();
         let mut inner = self.lock();
-        if let Some(pause) = inner.pauses.get(&destination.id) {
-            let reason = format!(
-                "destination {destination} is paused by {}: {}; held, not called",
-                pause.by, pause.reason
-            );
-            return self.hold(destination, HoldWhy::Paused, HOLD_RECHECK, reason);
-        }
-        let entry = inner
-            .entries
+        let Inner {
+            entries, pauses, ..
+        } = &mut *inner;
+        let entry = entries
             .entry(destination.clone())
             .or_insert_with(|| Entry::new(connector, now));
         entry.last_used = now;
@@ -447,56 +442,35 @@ impl Destinations {
             entry.quarantined = true;
             self.log_quarantine(destination);
         }
-        if entry.quarantined {
-            let reason = format!(
-                "destination {destination} is quarantined (no success for {}); held until `switchyard destinations resume {destination}`",
-                format_delay(self.config.quarantine_after)
-            );
-            return self.hold(destination, HoldWhy::Quarantined, HOLD_RECHECK, reason);
+        if let Some(hold) = self.hold_of(destination, pauses.get(&destination.id), Some(entry), now)
+        {
+            return Admit::Hold(hold);
         }
-        if let Some(opened) = entry.opened_at {
-            let open_for = now.saturating_duration_since(opened);
-            if open_for < self.config.cool_down || entry.probing {
-                // While a probe runs, come back after a whole cool-down: its verdict is known
-                // by then, and a hanging probe must not make the others cycle every second.
-                let wait = if entry.probing {
-                    self.config.cool_down
-                } else {
-                    self.config.cool_down.saturating_sub(open_for)
-                }
-                .max(Duration::from_secs(1));
-                let reason = format!(
-                    "circuit breaker open for {destination} after {} consecutive failures; held, not called",
-                    entry.failures
-                );
-                return self.hold(destination, HoldWhy::Open, wait, reason);
-            }
+        // Not held with an open breaker: its cool-down is over, and this call is the probe.
+        if entry.opened_at.is_some() {
             entry.probing = true;
         }
+        // A rate limit's last SHORT_WAIT is waited in process.
         let mut after = Duration::ZERO;
         if let Some(until) = entry.limited_until {
-            let wait = until.saturating_duration_since(now);
-            if wait > SHORT_WAIT {
-                let reason = format!(
-                    "{destination} asked for no calls for {}; held, not called",
-                    format_delay(wait)
-                );
-                return self.hold(destination, HoldWhy::RateLimited, wait, reason);
-            }
-            if wait.is_zero() {
+            after = until.saturating_duration_since(now);
+            if after.is_zero() {
                 entry.limited_until = None;
             }
-            after = wait;
         }
         if !entry.spacing.is_zero() {
             let next = entry.next_call.map_or(now, |next| next.max(now)) + after;
             let wait = next.saturating_duration_since(now);
             if wait > SHORT_WAIT {
-                let reason = format!(
-                    "{destination} is close to its rate limit; held for {}, not called",
-                    format_delay(wait)
-                );
-                return self.hold(destination, HoldWhy::RateLimited, wait, reason);
+                return Admit::Hold(Hold {
+                    destination: destination.clone(),
+                    why: HoldWhy::RateLimited,
+                    wait,
+                    reason: format!(
+                        "{destination} is close to its rate limit; held for {}, not called",
+                        format_delay(wait)
+                    ),
+                });
             }
             entry.next_call = Some(next + entry.spacing);
             after = wait;
@@ -516,75 +490,89 @@ impl Destinations {
     /// Whether `destination` holds its calls now, without admitting one: a cheap look before the
     /// waits for a connection's or a host's limits. [`Destinations::admit`] decides.
     pub fn check(&self, destination: &Destination) -> Option<Hold> {
-        let now = Instant::now();
         let inner = self.lock();
-        if inner.pauses.contains_key(&destination.id) {
-            return Some(self.held_for(destination, HoldWhy::Paused, HOLD_RECHECK));
+        let pause = inner.pauses.get(&destination.id);
+        self.hold_of(
+            destination,
+            pause,
+            inner.entries.get(destination),
+            Instant::now(),
+        )
+    }
+
+    /// The hold a destination's calls are under now, if any: its pause, its quarantine, its open
+    /// breaker (cooling down, or while the probe runs) or a rate limit longer than [`SHORT_WAIT`].
+    fn hold_of(
+        &self,
+        destination: &Destination,
+        pause: Option<&Pause>,
+        entry: Option<&Entry>,
+        now: Instant,
+    ) -> Option<Hold> {
+        let hold = |why, wait, reason| {
+            Some(Hold {
+                destination: destination.clone(),
+                why,
+                wait,
+                reason,
+            })
+        };
+        if let Some(pause) = pause {
+            let reason = format!(
+                "destination {destination} is paused by {}: {}; held, not called",
+                pause.by, pause.reason
+            );
+            return hold(HoldWhy::Paused, HOLD_RECHECK, reason);
         }
-        let entry = inner.entries.get(destination)?;
+        let entry = entry?;
         if entry.quarantined {
-            return Some(self.held_for(destination, HoldWhy::Quarantined, HOLD_RECHECK));
+            let reason = format!(
+                "destination {destination} is quarantined (no success for {}); held until `switchyard destinations resume {destination}`",
+                format_delay(self.config.quarantine_after)
+            );
+            return hold(HoldWhy::Quarantined, HOLD_RECHECK, reason);
         }
         if let Some(opened) = entry.opened_at {
             let open_for = now.saturating_duration_since(opened);
             if open_for < self.config.cool_down || entry.probing {
+                // While a probe runs, come back after a whole cool-down: its verdict is known
+                // by then, and a hanging probe must not make the others cycle every second.
                 let wait = if entry.probing {
                     self.config.cool_down
                 } else {
                     self.config.cool_down.saturating_sub(open_for)
-                };
-                return Some(self.held_for(
-                    destination,
-                    HoldWhy::Open,
-                    wait.max(Duration::from_secs(1)),
-                ));
+                }
+                .max(Duration::from_secs(1));
+                let reason = format!(
+                    "circuit breaker open for {destination} after {} consecutive failures; held, not called",
+                    entry.failures
+                );
+                return hold(HoldWhy::Open, wait, reason);
             }
         }
-        let limited = entry
+        let wait = entry
             .limited_until
             .map(|until| until.saturating_duration_since(now))
             .filter(|wait| *wait > SHORT_WAIT)?;
-        Some(self.held_for(destination, HoldWhy::RateLimited, limited))
+        let reason = format!(
+            "{destination} asked for no calls for {}; held, not called",
+            format_delay(wait)
+        );
+        hold(HoldWhy::RateLimited, wait, reason)
     }
 
-    /// A hold of `destination` for `why`, `wait` long, with its reason.
-    pub fn held_for(&self, destination: &Destination, why: HoldWhy, wait: Duration) -> Hold {
-        let reason = match why {
-            HoldWhy::Paused => format!("destination {destination} is paused; held, not called"),
-            HoldWhy::Quarantined => {
-                format!("destination {destination} is quarantined; held, not called")
-            }
-            HoldWhy::Open => format!("circuit breaker open for {destination}; held, not called"),
-            HoldWhy::RateLimited => format!(
-                "{destination} asked for no calls for {}; held, not called",
-                format_delay(wait)
-            ),
-            HoldWhy::Busy => format!(
+    /// The hold of an action whose call found `destination`'s host full (`worker.max_per_host`
+    /// calls in flight) for [`BUSY_WAIT`].
+    pub fn busy(destination: &Destination) -> Hold {
+        Hold {
+            destination: destination.clone(),
+            why: HoldWhy::Busy,
+            wait: BUSY_HOLD,
+            reason: format!(
                 "{destination} has every call it may have in flight, and none ended within {}; held, not called",
                 format_delay(BUSY_WAIT)
             ),
-        };
-        Hold {
-            destination: destination.clone(),
-            why,
-            wait,
-            reason,
         }
-    }
-
-    fn hold(
-        &self,
-        destination: &Destination,
-        why: HoldWhy,
-        wait: Duration,
-        reason: String,
-    ) -> Admit {
-        Admit::Hold(Hold {
-            destination: destination.clone(),
-            why,
-            wait,
-            reason,
-        })
     }
 
     fn quarantine_due(&self, entry: &Entry, now: Instant) -> bool {
