@@ -577,6 +577,20 @@ async fn publish_all(
                 continue;
             }
         };
+        // A dependent action gets the outputs of its earlier steps again, as history kept them.
+        let steps: Option<Value> = match query::action_steps(client, &target.action_id).await? {
+            Some(text) => match serde_json::from_str(&text) {
+                Ok(steps) => Some(steps),
+                Err(e) => {
+                    let reason =
+                        format!("the stored outputs of its earlier steps are not JSON: {e}");
+                    say(out, "skipped", Some(&reason));
+                    skipped += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Some(publisher) = publisher else {
             say(out, "would replay", Some(queue));
             replayed += 1;
@@ -594,7 +608,7 @@ async fn publish_all(
             connector: &target.connector,
             workspace: &target.workspace,
             event: &event,
-            steps: None,
+            steps: steps.as_ref(),
         };
         let (body, mut properties) =
             message.encode(&target.event_id, &crate::trace::TraceContext::root());

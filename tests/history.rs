@@ -110,12 +110,13 @@ async fn migrations_run_once_when_many_start_together() {
         total += task.await.expect("task");
     }
     assert_eq!(
-        total, 1,
-        "one connection applied the one migration, the others saw it done"
+        total,
+        schema::MIGRATION_COUNT,
+        "one connection applied each migration, the others saw it done"
     );
     let client = schema.client().await;
     let applied = count(&client, "SELECT count(*) FROM history_migrations").await;
-    assert_eq!(applied, 1);
+    assert_eq!(applied, schema::MIGRATION_COUNT as i64);
     let partitions = count(
         &client,
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'history_attempts'::regclass",
@@ -379,6 +380,87 @@ async fn attempts_events_and_rejections_are_recorded_and_runs_reads_them() {
 
     h.wait_metric("switchyard_history_dropped_total", 0.0).await;
     assert!(h.metric("switchyard_history_rows_written_total").await >= 6.0);
+    h.finish().await;
+    schema.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempts_name_their_destination_and_a_replayed_dependent_action_gets_its_steps() {
+    // `find` answers with a lead; `update` needs it and posts the lead's id back.
+    let fake = FakeServer::start(|r: &Recorded| match r.path.as_str() {
+        "/find" => Reply::json(
+            200,
+            &json!({ "lead": format!("L-{}", r.json()["event"].as_str().unwrap_or("")) }),
+        ),
+        _ => Reply::json(200, &json!({ "ok": true })),
+    })
+    .await;
+    let workflow = r#"
+workflows:
+  - id: lead-update
+    workspace: ws_demo
+    trigger: { event: Gameplay.DataCaptured }
+    actions:
+      - id: find
+        http: { url: "@FAKE@/find", body: '{"event": "{{ event.id }}"}' }
+      - id: update
+        needs: find
+        http: { url: "@FAKE@/update", body: '{"lead": "{{ steps.find.lead }}"}' }
+"#
+    .replace("@FAKE@", &fake.url());
+    let schema = Schema::create("steps").await;
+    let h = Harness::start(
+        "history-steps",
+        &workflow,
+        &format!("history: {{ url: \"{}\" }}", schema.url()),
+        &[],
+    )
+    .await;
+    let client = schema.client().await;
+    h.publish(&event("evt_s_1", "Gameplay.DataCaptured")).await;
+    let update = action_id("evt_s_1", "lead-update", "update");
+    let rows = wait_attempts(&client, &update, "the dependent action's success", |rows| {
+        rows.iter().any(|r| r["outcome"] == "success")
+    })
+    .await;
+    // An http action's destination is its URL's host:port (SPEC §10), recorded per attempt.
+    let host_port = fake.url().trim_start_matches("http://").to_owned();
+    assert_eq!(rows[0]["destination"], host_port.as_str(), "{}", rows[0]);
+    let steps: Value =
+        serde_json::from_str(rows[0]["steps"].as_str().expect("the steps it was given"))
+            .expect("steps JSON");
+    assert_eq!(steps["find"]["lead"], "L-evt_s_1");
+    let find = attempts(&client, &action_id("evt_s_1", "lead-update", "find")).await;
+    assert_eq!(
+        find[0]["steps"],
+        Value::Null,
+        "an action with no prerequisite has none"
+    );
+
+    let config = cli_config(&h, &schema);
+    let by_destination = runs(&config, &["list", "--json", "--destination", &host_port]).await;
+    assert_eq!(
+        json_lines(&by_destination.stdout).len(),
+        2,
+        "{by_destination:?}"
+    );
+
+    // Replayed alone, the dependent action renders with the earlier step's output again.
+    let replayed = runs(&config, &["replay", &update, "--yes"]).await;
+    assert_eq!(replayed.code, Some(0), "{replayed:?}");
+    wait_attempts(&client, &update, "the replayed attempt", |rows| {
+        rows.iter()
+            .any(|r| r["trigger"] == "replay" && r["outcome"] == "success")
+    })
+    .await;
+    let updates: Vec<Value> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/update")
+        .map(Recorded::json)
+        .collect();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    assert_eq!(updates[1]["lead"], "L-evt_s_1", "{updates:?}");
     h.finish().await;
     schema.drop_now().await;
 }

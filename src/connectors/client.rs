@@ -200,6 +200,10 @@ impl HttpClient {
                 ticket
             }
         };
+        // Run history records where the call went (a no-op outside a worker's call).
+        let _ = crate::destinations::CALLED.try_with(|called| {
+            called.replace(Some(destination.clone()));
+        });
         let (outcome, limits) = self.call(request, &host, classify).await;
         self.destinations.record(ticket, report(&outcome, limits));
         outcome

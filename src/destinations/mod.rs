@@ -42,6 +42,12 @@ const IDLE_FORGET: Duration = Duration::from_secs(600);
 /// The label value of the destinations beyond `destinations.max_tracked`.
 pub const OTHER: &str = "other";
 
+tokio::task_local! {
+    /// Where the current action's latest call went: the HTTP client writes it as it calls, the
+    /// worker reads it for run history (SPEC §9 records each attempt's destination).
+    pub static CALLED: std::cell::RefCell<Option<Destination>>;
+}
+
 /// What kind of thing a destination is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

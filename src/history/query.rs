@@ -121,7 +121,7 @@ impl RunSummary {
     }
 }
 
-const ATTEMPT_COLUMNS: &str = "action_id, event_id, event_type, workspace, workflow, webhook, action, connector, destination, contact_email, contact_id, attempt, trigger, started_at, duration_ms, outcome, error_class, http_status, reason, response_excerpt, trace_id";
+const ATTEMPT_COLUMNS: &str = "action_id, event_id, event_type, workspace, workflow, webhook, action, connector, destination, contact_email, contact_id, attempt, trigger, started_at, duration_ms, outcome, error_class, http_status, reason, response_excerpt, trace_id, steps";
 
 fn failed(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> HistoryError {
     move |source| HistoryError::Query { what, source }
@@ -275,6 +275,7 @@ fn attempt_row(r: &tokio_postgres::Row) -> Result<Attempt, HistoryError> {
         reason: r.get(18),
         response_excerpt: r.get(19),
         trace_id: r.get(20),
+        steps: r.get(21),
     })
 }
 
@@ -339,15 +340,41 @@ pub async fn event_payload(
     client: &Client,
     event_id: &str,
 ) -> Result<Option<String>, HistoryError> {
-    let row = client
-        .query_opt(
-            "SELECT payload FROM history_events
-              WHERE event_id = $1 AND rejected IS NULL AND payload IS NOT NULL
-              ORDER BY received_at DESC LIMIT 1",
-            &[&event_id],
-        )
-        .await
-        .map_err(failed("reading an event's payload"))?;
+    latest_text(
+        client,
+        "SELECT payload FROM history_events
+          WHERE event_id = $1 AND rejected IS NULL AND payload IS NOT NULL
+          ORDER BY received_at DESC LIMIT 1",
+        event_id,
+        "reading an event's payload",
+    )
+    .await
+}
+
+/// The outputs of earlier steps that an action was last given, if history kept them.
+pub async fn action_steps(
+    client: &Client,
+    action_id: &str,
+) -> Result<Option<String>, HistoryError> {
+    latest_text(
+        client,
+        "SELECT steps FROM history_attempts
+          WHERE action_id = $1 AND steps IS NOT NULL
+          ORDER BY started_at DESC LIMIT 1",
+        action_id,
+        "reading an action's steps",
+    )
+    .await
+}
+
+/// The one text column of the one row `sql` finds for `key`, if any.
+async fn latest_text(
+    client: &Client,
+    sql: &str,
+    key: &str,
+    what: &'static str,
+) -> Result<Option<String>, HistoryError> {
+    let row = client.query_opt(sql, &[&key]).await.map_err(failed(what))?;
     Ok(row.map(|r| r.get(0)))
 }
 

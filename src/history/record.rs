@@ -122,6 +122,10 @@ pub struct Attempt {
     pub response_excerpt: Option<String>,
     /// The W3C trace id (SPEC §12), when the action message carries one.
     pub trace_id: Option<String>,
+    /// The outputs of earlier steps that a dependent action was given (JSON, redacted; with
+    /// `history.store_payloads`), so that `runs replay` gives them to it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<String>,
 }
 
 /// An event as the router received it, or rejected it (and as `runs show --event` reads it).

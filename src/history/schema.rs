@@ -18,10 +18,11 @@ pub const TABLES: [(&str, &str); 2] = [
 ];
 
 /// The migrations, in order; each runs once, inside one transaction with its bookkeeping row.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "attempts and events, partitioned by day",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "attempts and events, partitioned by day",
+        r#"
 CREATE TABLE history_attempts (
     action_id        text        NOT NULL,
     event_id         text        NOT NULL,
@@ -70,7 +71,31 @@ CREATE TABLE history_events (
 CREATE INDEX history_events_event ON history_events (event_id, received_at);
 CREATE INDEX history_events_time  ON history_events (received_at);
 "#,
-)];
+    ),
+    (
+        2,
+        "hash indexes for the lookups by id and contact; the steps a dependent action was given",
+        // Ids and contacts are looked up by equality and match a handful of rows each, which are
+        // then sorted: a hash index answers that as well as a B-tree and costs PostgreSQL about
+        // half as much to keep up, since its random keys land on random pages of a B-tree (about
+        // 2 µs less per row and index on the project's machine: `make bench-history`).
+        r#"
+DROP INDEX history_attempts_action, history_attempts_event, history_attempts_email,
+           history_attempts_contact, history_events_event;
+CREATE INDEX history_attempts_action  ON history_attempts USING hash (action_id);
+CREATE INDEX history_attempts_event   ON history_attempts USING hash (event_id);
+CREATE INDEX history_attempts_email   ON history_attempts USING hash (contact_email) WHERE contact_email IS NOT NULL;
+CREATE INDEX history_attempts_contact ON history_attempts USING hash (contact_id) WHERE contact_id IS NOT NULL;
+CREATE INDEX history_events_event     ON history_events USING hash (event_id);
+-- The outputs of earlier steps that a dependent action's message carried (JSON, with
+-- `store_payloads`), so that `runs replay` gives them to it again.
+ALTER TABLE history_attempts ADD COLUMN steps text;
+"#,
+    ),
+];
+
+/// How many migrations a current schema has applied.
+pub const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
 /// Why the schema could not be set up.
 #[derive(Debug, thiserror::Error)]

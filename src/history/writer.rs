@@ -285,8 +285,8 @@ impl Session {
     }
 }
 
-const INSERT_ATTEMPTS: &str = "INSERT INTO history_attempts (action_id, event_id, event_type, workspace, workflow, webhook, action, connector, destination, contact_email, contact_id, attempt, trigger, started_at, duration_ms, outcome, error_class, http_status, reason, response_excerpt, trace_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int4[], $13::text[], $14::timestamptz[], $15::int4[], $16::text[], $17::text[], $18::int2[], $19::text[], $20::text[], $21::text[])";
+const INSERT_ATTEMPTS: &str = "INSERT INTO history_attempts (action_id, event_id, event_type, workspace, workflow, webhook, action, connector, destination, contact_email, contact_id, attempt, trigger, started_at, duration_ms, outcome, error_class, http_status, reason, response_excerpt, trace_id, steps)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int4[], $13::text[], $14::timestamptz[], $15::int4[], $16::text[], $17::text[], $18::int2[], $19::text[], $20::text[], $21::text[], $22::text[])";
 
 const INSERT_EVENTS: &str = "INSERT INTO history_events (event_id, event_type, workspace, received_at, rejected, payload, trace_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])";
@@ -348,6 +348,7 @@ pub async fn write(
         let reason = opt_texts(attempts, |a| a.reason.as_deref());
         let excerpt = opt_texts(attempts, |a| a.response_excerpt.as_deref());
         let trace = opt_texts(attempts, |a| a.trace_id.as_deref());
+        let steps = opt_texts(attempts, |a| a.steps.as_deref());
         tx.execute(
             &statements.attempts,
             &[
@@ -372,6 +373,7 @@ pub async fn write(
                 &opt_strs(&reason),
                 &opt_strs(&excerpt),
                 &opt_strs(&trace),
+                &opt_strs(&steps),
             ],
         )
         .await

@@ -455,7 +455,12 @@ impl Job {
             in_flight.inc();
             let started = Instant::now();
             let started_at = chrono::Utc::now();
-            let mut outcome = target.execute(call, &self.app.connectors).await;
+            let (mut outcome, destination) = crate::destinations::CALLED
+                .scope(std::cell::RefCell::new(None), async {
+                    let outcome = target.execute(call, &self.app.connectors).await;
+                    (outcome, crate::destinations::CALLED.with(|c| c.take()))
+                })
+                .await;
             // A remote may echo a credential back; nothing below may log or record it.
             if let (Outcome::Retry(failure) | Outcome::Fail(failure), SecretsView::Real(secrets)) =
                 (&mut outcome, call.ctx.secrets)
@@ -469,7 +474,7 @@ impl Job {
             }
             calls += 1;
             let took = started.elapsed();
-            record.called(started_at, took);
+            record.called(started_at, took, destination);
             self.app
                 .metrics
                 .action_duration

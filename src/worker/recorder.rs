@@ -10,16 +10,19 @@ use serde_json::Value;
 
 use crate::broker::header_str;
 use crate::broker::message::{ActionMessage, H_TRIGGER};
+use crate::destinations::Destination;
 use crate::history::{Attempt, History, RunOutcome, Trigger};
 use crate::outcome::Failure;
 
 /// When and how long one call took.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Timing {
     /// When the call started.
     started_at: chrono::DateTime<chrono::Utc>,
     /// How long it took.
     took: Duration,
+    /// Where it went (SPEC §10), as the HTTP client named it.
+    destination: Option<Destination>,
 }
 
 /// Records one delivery's attempts in run history (SPEC §9). Recording never waits: see
@@ -63,9 +66,16 @@ impl<'a> Recorder<'a> {
         prior_calls: u32,
         secrets: &'a HashMap<String, String>,
     ) -> Recorder<'a> {
-        let base = history
-            .enabled()
-            .then(|| attempt_base(message, connector, headers));
+        let base = history.enabled().then(|| {
+            let mut base = attempt_base(message, connector, headers);
+            // A dependent action's inputs from earlier steps, for `runs replay` (redacted: they
+            // come from remote responses, which may echo a credential).
+            if history.store_payloads() && !message.steps.is_null() {
+                let steps = message.steps.to_string();
+                base.steps = Some(crate::outcome::redact(&steps, secrets.values()));
+            }
+            base
+        });
         Recorder {
             base,
             replay: header_str(headers, H_TRIGGER) == Some(Trigger::Replay.as_str()),
@@ -75,11 +85,20 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// Notes a call just made.
-    pub(super) fn called(&self, started_at: chrono::DateTime<chrono::Utc>, took: Duration) {
+    /// Notes a call just made, and where it went when the HTTP client said so.
+    pub(super) fn called(
+        &self,
+        started_at: chrono::DateTime<chrono::Utc>,
+        took: Duration,
+        destination: Option<Destination>,
+    ) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = self.last.lock() {
-            *last = Some(Timing { started_at, took });
+            *last = Some(Timing {
+                started_at,
+                took,
+                destination,
+            });
         }
     }
 
@@ -102,7 +121,7 @@ impl<'a> Recorder<'a> {
         } else {
             Trigger::Delivery
         };
-        let timing = self.last.lock().ok().and_then(|last| *last);
+        let timing = self.last.lock().ok().and_then(|last| last.clone());
         let excerpt = body.and_then(|body| {
             // Cut first, then redact: the scan for secrets covers `history.response_excerpt`
             // bytes, not the whole body (`redact` also catches a secret the cut ends inside).
@@ -113,12 +132,20 @@ impl<'a> Recorder<'a> {
                 None => excerpt,
             })
         });
+        let (started_at, duration_ms, destination) = match timing {
+            Some(t) => (
+                t.started_at,
+                i32::try_from(t.took.as_millis()).unwrap_or(i32::MAX),
+                t.destination.map(|d| d.id),
+            ),
+            None => (chrono::Utc::now(), 0, None),
+        };
         self.history.attempt(Attempt {
             attempt: i32::try_from(self.prior_calls + calls).unwrap_or(i32::MAX),
             trigger,
-            started_at: timing.map_or_else(chrono::Utc::now, |t| t.started_at),
-            duration_ms: timing
-                .map_or(0, |t| i32::try_from(t.took.as_millis()).unwrap_or(i32::MAX)),
+            started_at,
+            duration_ms,
+            destination: destination.or_else(|| base.destination.clone()),
             outcome,
             error_class: failure
                 .filter(|_| outcome == RunOutcome::Dead)
@@ -178,7 +205,7 @@ fn attempt_base(message: &ActionMessage, connector: &str, headers: Option<&Field
         webhook: message.webhook.clone(),
         action: message.action.clone(),
         connector: connector.to_owned(),
-        // A webhook is its own destination; issue 14 (SPEC §10) names the others.
+        // A webhook is its own destination; the HTTP client names the others as it calls.
         destination: message.webhook.clone(),
         contact_email,
         contact_id,
@@ -192,5 +219,6 @@ fn attempt_base(message: &ActionMessage, connector: &str, headers: Option<&Field
         reason: None,
         response_excerpt: None,
         trace_id: crate::history::record::trace_id(headers),
+        steps: None,
     }
 }
