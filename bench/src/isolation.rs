@@ -102,6 +102,8 @@ struct Figures {
     /// From the first event to the service holding the bad destination's actions (its breaker
     /// open, or its rate limit known), before the measured phases.
     detected_after: Option<Duration>,
+    /// The slowest 1 % of the latency phase, by the second of the phase they were published in.
+    slowest: String,
 }
 
 /// Runs the three scenarios and prints the comparison.
@@ -160,6 +162,10 @@ fn table(args: &Args, runs: &[Figures]) -> String {
             run.bad_calls,
             run.held_max
         ));
+    }
+    out.push_str("the slowest 1 % of the latency phase, by the second of the phase they were published in:\n");
+    for run in runs {
+        out.push_str(&format!("  {:<32} {}\n", run.bad.describe(), run.slowest));
     }
     for run in &runs[1..] {
         let throughput = run.throughput / base.throughput;
@@ -343,12 +349,29 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
         let range = range.end..range.end + args.latency_events;
         publish(range.clone(), Pace::PerSecond(latency_rate)).await?;
         wait(range.clone(), "latency").await?;
-        let mut latencies = sink.latencies_us(range);
+        let mut latencies = sink.latencies_us(range.clone());
         latencies.sort_unstable();
         let at = |q: f64| {
             let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
             latencies.get(i).copied().unwrap_or(0) as f64 / 1000.0
         };
+        // When in the phase the slowest 1 % were published: a stall shows as a few seconds.
+        let p99_us = latencies
+            .get(((latencies.len() as f64 * 0.99) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0);
+        let mut slow_by_second = std::collections::BTreeMap::<u64, u64>::new();
+        for seq in range.clone().filter(|seq| seq % n != 0) {
+            if sink.latency_us(seq).is_some_and(|l| l >= p99_us) {
+                let second = ((seq - range.start) as f64 / latency_rate) as u64;
+                *slow_by_second.entry(second).or_default() += 1;
+            }
+        }
+        let slowest = slow_by_second
+            .iter()
+            .map(|(s, count)| format!("{s}s:{count}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         watcher.abort();
         let _ = connection.close(200, "done".into()).await;
         Ok::<_, anyhow::Error>(Figures {
@@ -361,6 +384,7 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
             bad_events: (0..capacity).filter(|seq| seq % n == 0).count() as u64,
             held_max: held_max.load(Ordering::Relaxed),
             detected_after,
+            slowest,
         })
     }
     .await;

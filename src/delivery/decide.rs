@@ -8,9 +8,10 @@ use crate::broker::message::Attempts;
 use crate::destinations::Hold;
 use crate::outcome::{ErrorClass, Failure, Outcome};
 
-/// Held actions come back spread over their wait and up to this much more (0.5: a 30 s hold
-/// returns between 30 and 45 s later), so that those held for one rate-limit window or one
-/// breaker cool-down do not all come back at its end.
+/// Held actions come back after their wait and up to this share of their hold's window more (0.5:
+/// those held during a 30 s cool-down return over the 15 s after it ends, whenever in the
+/// cool-down they were held), so that those held for one rate-limit window or one breaker
+/// cool-down, whose waits all end at its end, do not all come back at that instant.
 pub const HOLD_SPREAD: f64 = 0.5;
 
 /// What to do with a delivery once its call (with its quick retries) is over.
@@ -57,15 +58,16 @@ pub fn decide(
         Outcome::Success { status, output } => Decision::Success { status, output },
         Outcome::Fail(failure) => Decision::DeadLetter(failure),
         // Never counted against the budget, never exhausted: the first tier that covers the wait,
-        // stretched by the jitter draw (never shortened): the actions held for one rate-limit
-        // window all wait for the same instant, and must not all come back at it.
+        // stretched by a share of the hold's window drawn from the jitter (never shortened): the
+        // actions held for one rate-limit window all wait for the same instant, and must not all
+        // come back at it.
         Outcome::Held(hold) => {
             let spread = if policy.jitter > 0.0 {
                 draw.abs() / policy.jitter * HOLD_SPREAD
             } else {
                 0.0
             };
-            let wait = hold.wait.mul_f64(1.0 + spread);
+            let wait = hold.wait + hold.spread_over.mul_f64(spread);
             let delay = compute_delay(policy.schedule, policy.jitter, 0, Some(wait), draw);
             Decision::Hold { hold, delay }
         }
@@ -166,14 +168,16 @@ mod tests {
         let retry = |after| Outcome::Retry(failure(ErrorClass::Exhausted, after));
         let fail = |class| Outcome::Fail(failure(class, None));
         let at = |calls, retries| Attempts { calls, retries };
-        let held = |secs| {
+        let held_in = |secs, window| {
             Outcome::Held(crate::destinations::Hold {
                 destination: crate::destinations::Destination::webhook("crm"),
                 why: crate::destinations::HoldWhy::Paused,
                 wait: s(secs),
+                spread_over: s(window),
                 reason: "paused".into(),
             })
         };
+        let held = |secs| held_in(secs, secs);
         let cases: Vec<(Outcome, Attempts, f64, &str)> = vec![
             // A held action waits in the tier covering the wait, whatever its counters: even
             // past the last tier it is never exhausted (waiting is not failing).
@@ -183,6 +187,10 @@ mod tests {
             // Spread after the wait, never before it, whichever way the draw goes.
             (held(30), at(0, 0), 0.2, "hold 2m 45s"),
             (held(30), at(0, 0), -0.1, "hold 2m 37.5s"),
+            // Spread over the hold's whole window: one held near the end of a 30 s cool-down
+            // comes back anywhere in the 15 s after it, not at its end with all the others.
+            (held_in(1, 30), at(0, 0), 0.2, "hold 30s 16s"),
+            (held_in(1, 30), at(0, 0), 0.1, "hold 30s 8.5s"),
             (success(), at(1, 0), 0.0, "success 201"),
             (success(), at(9, 3), 0.0, "success 201"),
             // The first broker retry waits in the first tier, jittered within it.

@@ -213,6 +213,11 @@ pub struct Hold {
     pub why: HoldWhy,
     /// How long before it should come back.
     pub wait: Duration,
+    /// The time scale its return is spread over (a share of it is added to the wait): the whole
+    /// cool-down or rate-limit window. Every action held in one such window has a wait that ends
+    /// at the window's end, and would otherwise all come back at that instant, together, in
+    /// front of every other destination's actions.
+    pub spread_over: Duration,
     /// One line for the log.
     pub reason: String,
 }
@@ -345,6 +350,8 @@ struct Entry {
     quarantined: bool,
     /// The remote asked for no calls until then.
     limited_until: Option<Instant>,
+    /// How long that window was when it was set (the spread of the actions held for it).
+    limit_window: Duration,
     /// Between two calls while the remote's remaining budget is low.
     spacing: Duration,
     /// The next call may start then (with `spacing`).
@@ -375,6 +382,7 @@ impl Entry {
             failing_since: None,
             quarantined: false,
             limited_until: None,
+            limit_window: Duration::ZERO,
             spacing: Duration::ZERO,
             next_call: None,
             in_flight: 0,
@@ -472,6 +480,7 @@ impl Destinations {
                     destination: destination.clone(),
                     why: HoldWhy::RateLimited,
                     wait,
+                    spread_over: wait,
                     reason: format!(
                         "{destination} is close to its rate limit; held for {}, not called",
                         format_delay(wait)
@@ -515,11 +524,12 @@ impl Destinations {
         entry: Option<&Entry>,
         now: Instant,
     ) -> Option<Hold> {
-        let hold = |why, wait, reason| {
+        let hold = |why, wait, spread_over, reason| {
             Some(Hold {
                 destination: destination.clone(),
                 why,
                 wait,
+                spread_over,
                 reason,
             })
         };
@@ -528,7 +538,7 @@ impl Destinations {
                 "destination {destination} is paused by {}: {}; held, not called",
                 pause.by, pause.reason
             );
-            return hold(HoldWhy::Paused, HOLD_RECHECK, reason);
+            return hold(HoldWhy::Paused, HOLD_RECHECK, HOLD_RECHECK, reason);
         }
         let entry = entry?;
         if entry.quarantined {
@@ -536,7 +546,7 @@ impl Destinations {
                 "destination {destination} is quarantined (no success for {}); held until `switchyard destinations resume {destination}`",
                 format_delay(self.config.quarantine_after)
             );
-            return hold(HoldWhy::Quarantined, HOLD_RECHECK, reason);
+            return hold(HoldWhy::Quarantined, HOLD_RECHECK, HOLD_RECHECK, reason);
         }
         if let Some(opened) = entry.opened_at {
             let open_for = now.saturating_duration_since(opened);
@@ -553,7 +563,7 @@ impl Destinations {
                     "circuit breaker open for {destination} after {} consecutive failures; held, not called",
                     entry.failures
                 );
-                return hold(HoldWhy::Open, wait, reason);
+                return hold(HoldWhy::Open, wait, self.config.cool_down.max(wait), reason);
             }
         }
         let wait = entry
@@ -564,7 +574,12 @@ impl Destinations {
             "{destination} asked for no calls for {}; held, not called",
             format_delay(wait)
         );
-        hold(HoldWhy::RateLimited, wait, reason)
+        hold(
+            HoldWhy::RateLimited,
+            wait,
+            entry.limit_window.max(wait),
+            reason,
+        )
     }
 
     /// The hold of an action whose call found `destination`'s host full (`worker.max_per_host`
@@ -574,6 +589,7 @@ impl Destinations {
             destination: destination.clone(),
             why: HoldWhy::Busy,
             wait: BUSY_HOLD,
+            spread_over: BUSY_HOLD,
             reason: format!(
                 "{destination} has every call it may have in flight, and none ended within {}; held, not called",
                 format_delay(BUSY_WAIT)
@@ -619,6 +635,7 @@ impl Destinations {
             if entry.limited_until.is_none_or(|current| current < until) {
                 info!(destination = %destination, wait = %format_delay(wait), "the destination asked for a pause; its calls wait until then");
                 entry.limited_until = Some(until);
+                entry.limit_window = wait;
             }
         }
         entry.spacing = report.limits.spacing();

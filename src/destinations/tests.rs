@@ -109,6 +109,10 @@ fn the_breaker_opens_after_the_threshold_holds_calls_probes_once_and_closes_on_s
     let hold = call(&destinations, &dead, Report::default()).expect("held while open");
     assert_eq!(hold.why, HoldWhy::Open);
     assert!(hold.wait >= Duration::from_secs(1), "{:?}", hold.wait);
+    assert_eq!(
+        hold.spread_over, hold.wait,
+        "spread over the whole cool-down (here shorter than the 1 s floor of a wait)"
+    );
     assert!(destinations.check(&dead).is_some());
     // Others are unaffected.
     assert_eq!(call(&destinations, &other, Report::default()), None);
@@ -151,6 +155,11 @@ fn a_throttled_answer_holds_the_whole_destination_until_the_reset_and_never_open
         hold.wait > Duration::from_secs(25) && hold.wait <= Duration::from_secs(30),
         "{:?}",
         hold.wait
+    );
+    assert_eq!(
+        hold.spread_over,
+        Duration::from_secs(30),
+        "spread over the whole window, however much of it is left"
     );
     assert_ne!(state_of(&destinations, "api.braze.example"), State::Open);
 
