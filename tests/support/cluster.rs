@@ -22,8 +22,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
-
 /// How long one node may take to boot (a loaded CI machine boots three at once).
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -124,9 +122,9 @@ impl Cluster {
                     let letter = char::from(b'a' + i as u8);
                     Node {
                         name: format!("sy{id}-{letter}@localhost"),
-                        amqp_port: free_port(),
-                        management_port: free_port(),
-                        dist_port: free_port(),
+                        amqp_port: listen_port(),
+                        management_port: listen_port(),
+                        dist_port: listen_port(),
                         dir: home.path().join(letter.to_string()),
                         server: None,
                     }
@@ -143,7 +141,29 @@ impl Cluster {
             cluster.boot(i);
         }
         for i in 0..size {
-            cluster.await_startup(i).await;
+            // A fresh node that fails its first boot (seen once: its Mnesia schema could not be
+            // created) is wiped and booted again; a node that fails twice fails the test.
+            if let Err(why) = cluster.try_await_startup(i).await {
+                eprintln!(
+                    "cluster: {} failed to boot; wiping it and booting again:\n{why}",
+                    cluster.nodes[i].name
+                );
+                kill_node(&mut cluster.nodes[i]);
+                let _ = std::fs::copy(
+                    cluster.nodes[i]
+                        .dir
+                        .join("log")
+                        .join(format!("{}.log", cluster.nodes[i].name)),
+                    std::env::temp_dir().join(format!("{}-failed-boot.log", cluster.nodes[i].name)),
+                );
+                let _ = std::fs::remove_dir_all(cluster.nodes[i].dir.join("mnesia"));
+                let node = &mut cluster.nodes[i];
+                (node.amqp_port, node.management_port, node.dist_port) =
+                    (listen_port(), listen_port(), listen_port());
+                write_node_files(node);
+                cluster.boot(i);
+                cluster.await_startup(i).await;
+            }
         }
         let first = cluster.nodes[0].name.clone();
         let joins = (1..size).map(|i| {
@@ -237,6 +257,13 @@ impl Cluster {
     /// Waits until node `i` runs (`rabbitmqctl await_startup` answers only once the node has
     /// registered, so it is asked again until then).
     async fn await_startup(&mut self, i: usize) {
+        if let Err(why) = self.try_await_startup(i).await {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Cluster::await_startup`], saying why the node did not come up.
+    async fn try_await_startup(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + BOOT;
         loop {
             if self.nodes[i].vm_pid().is_some()
@@ -245,22 +272,66 @@ impl Cluster {
                     .await
                     .is_ok()
             {
-                return;
+                return Ok(());
             }
             if let Some(server) = self.nodes[i].server.as_mut()
                 && let Ok(Some(status)) = server.try_wait()
             {
-                panic!(
+                return Err(format!(
                     "{} exited while booting ({status}):\n{}",
                     self.nodes[i].name,
                     self.nodes[i].log_tail()
-                );
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not boot within {BOOT:?}:\n{}",
+                    self.nodes[i].name,
+                    self.nodes[i].log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until every quorum queue whose name starts with `prefix` has `members` members
+    /// online, as node `i` sees it: a node that has just come back runs again before its queue
+    /// replicas have caught up, and losing another node before then would leave those queues
+    /// without a quorum, which no client can help.
+    pub async fn await_queues_online(&self, i: usize, prefix: &str, members: usize) {
+        let deadline = Instant::now() + BOOT;
+        loop {
+            let listed = self
+                .try_ctl(
+                    i,
+                    &[
+                        "list_queues",
+                        "name",
+                        "type",
+                        "online",
+                        "--formatter",
+                        "json",
+                        "--quiet",
+                    ],
+                )
+                .await;
+            let behind: Vec<String> = match &listed {
+                Ok(text) => serde_json::from_str::<Vec<serde_json::Value>>(text)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+                    .filter(|q| q["type"] == "quorum")
+                    .filter(|q| q["online"].as_array().map_or(0, Vec::len) < members)
+                    .map(|q| q["name"].as_str().unwrap_or("").to_owned())
+                    .collect(),
+                Err(e) => vec![e.clone()],
+            };
+            if listed.is_ok() && behind.is_empty() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not boot within {BOOT:?}:\n{}",
-                self.nodes[i].name,
-                self.nodes[i].log_tail()
+                "queues without {members} members online after {BOOT:?}: {behind:?}"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -344,6 +415,22 @@ impl Drop for Cluster {
 }
 
 /// The node's config file, its plugins (management, for queue leaders) and an empty env file.
+/// A free port for a node to listen on, below the ephemeral range (32768 and up on Linux): a port
+/// the kernel handed out as free may be taken by an outgoing connection before the node binds it
+/// (the nodes and `rabbitmqctl` open many), and the node then fails to boot.
+/// Never the same one twice in a test process.
+fn listen_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 fn write_node_files(node: &Node) {
     std::fs::create_dir_all(&node.dir).expect("node folder");
     let write = |name: &str, text: String| {
