@@ -49,7 +49,7 @@ mod view;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::Value;
 
@@ -113,6 +113,44 @@ pub struct Context<'a> {
 pub struct Engine {
     /// The Liquid parser: standard library plus `soql`, `json` and `md5`.
     parser: liquid::Parser,
+    /// Templates compiled so far, by source, shared by every clone of the engine.
+    interned: Arc<Mutex<Interned>>,
+}
+
+/// One compiled template per distinct source while any workflow holds it: thousands of workflows
+/// repeat the same few sources (`{{ event.id }}`, `{{ contact.email }}`, a condition), and a
+/// compiled Liquid template costs far more than its text. Weak, so that a reload that drops the
+/// last workflow using a source frees it.
+#[derive(Default)]
+struct Interned {
+    /// By source.
+    templates: HashMap<String, Weak<TextInner>>,
+    /// Dead entries are swept once the map has grown to this size.
+    sweep_at: usize,
+}
+
+impl Interned {
+    /// Entries at least, before the first sweep.
+    const SWEEP_FLOOR: usize = 1024;
+
+    fn get(&self, src: &str) -> Option<TextTemplate> {
+        self.templates
+            .get(src)
+            .and_then(Weak::upgrade)
+            .map(TextTemplate)
+    }
+
+    fn insert(&mut self, inner: TextInner) -> TextTemplate {
+        if self.templates.len() >= self.sweep_at {
+            self.templates
+                .retain(|_, template| template.strong_count() > 0);
+            self.sweep_at = (self.templates.len() * 2).max(Self::SWEEP_FLOOR);
+        }
+        let template = Arc::new(inner);
+        self.templates
+            .insert(template.source.clone(), Arc::downgrade(&template));
+        TextTemplate(template)
+    }
 }
 
 impl fmt::Debug for Engine {
@@ -121,9 +159,22 @@ impl fmt::Debug for Engine {
     }
 }
 
-/// A compiled string setting (a literal when it holds no Liquid markup).
+/// A compiled string setting (a literal when it holds no Liquid markup); clones, and templates
+/// of the same source from one [`Engine`], share it.
 #[derive(Debug, Clone)]
-pub struct TextTemplate {
+pub struct TextTemplate(Arc<TextInner>);
+
+impl std::ops::Deref for TextTemplate {
+    type Target = TextInner;
+
+    fn deref(&self) -> &TextInner {
+        &self.0
+    }
+}
+
+/// What a [`TextTemplate`] holds.
+#[derive(Debug)]
+pub struct TextInner {
     /// The source as written; also the rendered text of a literal.
     source: String,
     /// The parsed Liquid; `None` for a literal.
@@ -168,27 +219,41 @@ impl Engine {
             .build()
             // `build` only fails when compiling partials, and this builder has none.
             .expect("a parser without partials always builds");
-        Self { parser }
+        Self {
+            parser,
+            interned: Arc::default(),
+        }
     }
 
-    /// Compiles a string setting.
+    /// Compiles a string setting (or hands out the one already compiled from the same source).
     pub fn text(&self, src: &str) -> Result<TextTemplate, TemplateError> {
-        if !has_markup(src) {
-            return Ok(TextTemplate::literal_of(src));
+        if let Some(template) = self.interned().get(src) {
+            return Ok(template);
         }
-        scan::check_integer_literals(src)?;
-        let template = self
-            .parser
-            .parse(src)
-            .map_err(|e| TemplateError::Parse(e.to_string()))?;
-        let variables = scan::variables(src);
-        let secrets = secret_names(&variables)?;
-        Ok(TextTemplate {
-            source: src.to_owned(),
-            compiled: Some(Compiled(Arc::new(template))),
-            variables,
-            secrets,
-        })
+        let inner = if has_markup(src) {
+            scan::check_integer_literals(src)?;
+            let template = self
+                .parser
+                .parse(src)
+                .map_err(|e| TemplateError::Parse(e.to_string()))?;
+            let variables = scan::variables(src);
+            let secrets = secret_names(&variables)?;
+            TextInner {
+                source: src.to_owned(),
+                compiled: Some(Compiled(Arc::new(template))),
+                variables,
+                secrets,
+            }
+        } else {
+            TextInner::literal_of(src)
+        };
+        Ok(self.interned().insert(inner))
+    }
+
+    fn interned(&self) -> std::sync::MutexGuard<'_, Interned> {
+        self.interned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Compiles a condition.
@@ -248,16 +313,6 @@ impl TextTemplate {
         &self.secrets
     }
 
-    /// A template that renders `src` unchanged.
-    fn literal_of(src: &str) -> Self {
-        Self {
-            source: src.to_owned(),
-            compiled: None,
-            variables: Vec::new(),
-            secrets: Vec::new(),
-        }
-    }
-
     /// Appends the rendered text to `out`; secrets must have been checked by the caller.
     fn render_into(&self, root: &Root<'_>, out: &mut Vec<u8>) -> Result<(), TemplateError> {
         match &self.compiled {
@@ -266,6 +321,18 @@ impl TextTemplate {
                 Ok(())
             }
             Some(compiled) => compiled.render_to(root, out),
+        }
+    }
+}
+
+impl TextInner {
+    /// A template that renders `src` unchanged.
+    fn literal_of(src: &str) -> Self {
+        Self {
+            source: src.to_owned(),
+            compiled: None,
+            variables: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }

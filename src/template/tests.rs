@@ -769,3 +769,38 @@ fn multibyte_characters_inside_a_tag_do_not_panic() {
         [vec!["contact".to_owned(), "first_name".to_owned()]]
     );
 }
+
+#[test]
+fn templates_of_one_source_are_compiled_once_and_freed_with_their_last_user() {
+    let engine = Engine::new();
+    let a = engine.text("{{ contact.email }}").expect("compiles");
+    let b = engine
+        .clone()
+        .text("{{ contact.email }}")
+        .expect("compiles");
+    assert!(Arc::ptr_eq(&a.0, &b.0), "one compiled template, shared");
+    let other = engine.text("{{ event.id }}").expect("compiles");
+    assert!(!Arc::ptr_eq(&a.0, &other.0));
+    let literal = engine.text("application/json").expect("a literal");
+    assert!(Arc::ptr_eq(
+        &literal.0,
+        &engine.text("application/json").expect("a literal").0
+    ));
+    let weak = Arc::downgrade(&a.0);
+    drop((a, b));
+    assert_eq!(
+        weak.strong_count(),
+        0,
+        "the engine holds no strong reference"
+    );
+    let again = engine.text("{{ contact.email }}").expect("compiles again");
+    assert_eq!(again.source(), "{{ contact.email }}");
+    // A condition's template is shared the same way.
+    let c1 = engine
+        .condition("contact.email != blank")
+        .expect("compiles");
+    let c2 = engine
+        .condition("contact.email != blank")
+        .expect("compiles");
+    assert!(Arc::ptr_eq(&c1.template.0, &c2.template.0));
+}
