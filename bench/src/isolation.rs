@@ -356,10 +356,7 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
             latencies.get(i).copied().unwrap_or(0) as f64 / 1000.0
         };
         // When in the phase the slowest 1 % were published: a stall shows as a few seconds.
-        let p99_us = latencies
-            .get(((latencies.len() as f64 * 0.99) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0);
+        let p99_us = (at(0.99) * 1000.0).round() as u64;
         let mut slow_by_second = std::collections::BTreeMap::<u64, u64>::new();
         for seq in range.clone().filter(|seq| seq % n != 0) {
             if sink.latency_us(seq).is_some_and(|l| l >= p99_us) {

@@ -240,7 +240,7 @@ impl Engine {
             let secrets = secret_names(&variables)?;
             TextInner {
                 source: src.to_owned(),
-                compiled: Some(Compiled(Arc::new(template))),
+                compiled: Some(Compiled(template)),
                 variables,
                 secrets,
             }
@@ -357,9 +357,8 @@ impl Condition {
     }
 }
 
-/// A parsed Liquid template, shared between clones.
-#[derive(Clone)]
-struct Compiled(Arc<liquid::Template>);
+/// A parsed Liquid template (shared through its [`TextTemplate`]).
+struct Compiled(liquid::Template);
 
 impl fmt::Debug for Compiled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -455,12 +455,18 @@ impl Job {
             in_flight.inc();
             let started = Instant::now();
             let started_at = chrono::Utc::now();
-            let (mut outcome, destination) = crate::destinations::CALLED
-                .scope(std::cell::RefCell::new(None), async {
-                    let outcome = target.execute(call, &self.app.connectors).await;
-                    (outcome, crate::destinations::CALLED.with(|c| c.take()))
-                })
-                .await;
+            // Where the call went, for run history only: with history off the client has no
+            // task-local to write it into and copies nothing.
+            let (mut outcome, destination) = if record.enabled() {
+                crate::destinations::CALLED
+                    .scope(std::cell::RefCell::new(None), async {
+                        let outcome = target.execute(call, &self.app.connectors).await;
+                        (outcome, crate::destinations::CALLED.with(|c| c.take()))
+                    })
+                    .await
+            } else {
+                (target.execute(call, &self.app.connectors).await, None)
+            };
             // A remote may echo a credential back; nothing below may log or record it.
             if let (Outcome::Retry(failure) | Outcome::Fail(failure), SecretsView::Real(secrets)) =
                 (&mut outcome, call.ctx.secrets)

@@ -85,6 +85,11 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// Whether anything is recorded (history on, the message read).
+    pub(super) fn enabled(&self) -> bool {
+        self.base.is_some()
+    }
+
     /// Notes a call just made, and where it went when the HTTP client said so.
     pub(super) fn called(
         &self,
