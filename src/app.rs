@@ -458,16 +458,17 @@ async fn session(
                         source: e,
                     };
                 }
+                // The log line first: whoever sees the gauge change finds the reason logged.
                 lapin::Event::ConnectionBlocked(reason) => {
-                    app.metrics.broker_blocked.set(1);
                     warn!(
                         reason = %reason,
                         "the broker blocks publishing (a resource alarm): the router and retries wait until it lifts"
                     );
+                    app.metrics.broker_blocked.set(1);
                 }
                 lapin::Event::ConnectionUnblocked => {
-                    app.metrics.broker_blocked.set(0);
                     info!("the broker accepts publishes again");
+                    app.metrics.broker_blocked.set(0);
                 }
                 _ => {}
             }

@@ -82,20 +82,20 @@ async fn a_memory_alarm_is_logged_and_exported_and_loses_nothing() {
         let text = http_get(metrics).await?.1;
         metric_value(&text, "switchyard_broker_blocked")
     };
+    // The gauge and the log line are two writes: wait for both rather than read one just after
+    // the other (a CI run once read the gauge between them).
     wait_until_within(
-        "the gauge to say blocked",
+        "the gauge to say blocked and the log to say why",
         Duration::from_secs(60),
         async || {
             service.assert_running();
+            let logs = service.logs();
             blocked(&metrics).await == Some(1.0)
+                && logs.contains("the broker blocks publishing")
+                && logs.contains("memory")
         },
     )
     .await;
-    let logs = service.logs();
-    assert!(
-        logs.contains("the broker blocks publishing") && logs.contains("memory"),
-        "the log says why:\n{logs}"
-    );
     assert_eq!(fake.count(), 0, "no action is published while blocked");
 
     drop(alarm);
