@@ -46,7 +46,7 @@ impl Engine {
             lenient::Raw::Bare(src) => {
                 let template = self.text(&src)?;
                 let path = bare_path(&src);
-                Ok(Node::Bare(Bare { template, path }))
+                Ok(Node::Bare(Box::new(Bare { template, path })))
             }
             lenient::Raw::Array(items) => {
                 let nodes = items
@@ -57,7 +57,7 @@ impl Engine {
                     nodes.iter().map(|n| n.constant_value().cloned()).collect();
                 match constants {
                     Some(values) => Node::constant(Value::Array(values)),
-                    None => Ok(Node::Array(nodes)),
+                    None => Ok(Node::Array(nodes.into_boxed_slice())),
                 }
             }
             lenient::Raw::Object(members) => {
@@ -71,7 +71,7 @@ impl Engine {
                     .collect();
                 match constants {
                     Some(map) => Node::constant(Value::Object(map)),
-                    None => Ok(Node::Object(members)),
+                    None => Ok(Node::Object(members.into_boxed_slice())),
                 }
             }
         }
@@ -151,24 +151,29 @@ impl BodyKind {
     }
 }
 
-/// One value of a JSON body.
+/// One value of a JSON body. Two words wide (the larger parts are boxed): a catalog of ten
+/// thousand workflows holds tens of thousands of them.
 #[derive(Debug, Clone)]
 enum Node {
     /// A part without templates, serialised once at compile time.
-    Const {
-        /// The value (for [`BodyTemplate::render_value`]).
-        value: Value,
-        /// Its compact JSON text (for [`BodyTemplate::render`]).
-        json: String,
-    },
+    Const(Box<Constant>),
     /// A quoted string with markup: always renders to a JSON string.
     Str(TextTemplate),
     /// A `{{ … }}` standing where a value goes.
-    Bare(Bare),
+    Bare(Box<Bare>),
     /// An object with at least one template in it; keys are templates too.
-    Object(Vec<(TextTemplate, Node)>),
+    Object(Box<[(TextTemplate, Node)]>),
     /// An array with at least one template in it.
-    Array(Vec<Node>),
+    Array(Box<[Node]>),
+}
+
+/// A part of a body without templates.
+#[derive(Debug, Clone)]
+struct Constant {
+    /// The value (for [`BodyTemplate::render_value`]).
+    value: Value,
+    /// Its compact JSON text (for [`BodyTemplate::render`]).
+    json: String,
 }
 
 /// A placeholder standing where a JSON value goes.
@@ -185,19 +190,19 @@ impl Node {
     fn constant(value: Value) -> Result<Node, TemplateError> {
         let json =
             serde_json::to_string(&value).map_err(|e| TemplateError::Parse(e.to_string()))?;
-        Ok(Node::Const { value, json })
+        Ok(Node::Const(Box::new(Constant { value, json })))
     }
 
     fn constant_value(&self) -> Option<&Value> {
         match self {
-            Node::Const { value, .. } => Some(value),
+            Node::Const(constant) => Some(&constant.value),
             _ => None,
         }
     }
 
     fn for_each_template(&self, f: &mut dyn FnMut(&TextTemplate)) {
         match self {
-            Node::Const { .. } => {}
+            Node::Const(_) => {}
             Node::Str(template) => f(template),
             Node::Bare(bare) => f(&bare.template),
             Node::Object(members) => {
@@ -221,7 +226,7 @@ struct JsonWriter<'c, 'a> {
 impl JsonWriter<'_, '_> {
     fn node(&mut self, node: &Node, out: &mut Vec<u8>) -> Result<(), TemplateError> {
         match node {
-            Node::Const { json, .. } => out.extend_from_slice(json.as_bytes()),
+            Node::Const(constant) => out.extend_from_slice(constant.json.as_bytes()),
             Node::Str(template) => self.string(template, out)?,
             Node::Bare(bare) => self.bare(bare, out)?,
             Node::Object(members) => {
@@ -291,19 +296,19 @@ fn node_value(node: &Node, ctx: &Context<'_>, root: &Root<'_>) -> Result<Value, 
         into_string(out)
     };
     match node {
-        Node::Const { value, .. } => Ok(value.clone()),
+        Node::Const(constant) => Ok(constant.value.clone()),
         Node::Str(template) => text(template).map(Value::String),
-        Node::Bare(Bare {
-            path: Some(path), ..
-        }) => Ok(match lookup(ctx, path)? {
-            Found::Json(value) => value.clone(),
-            Found::Owned(value) => value,
-            Found::Missing => Value::Null,
-        }),
-        Node::Bare(Bare { template, .. }) => {
-            let rendered = text(template)?;
-            Ok(serde_json::from_str(&rendered).unwrap_or(Value::String(rendered)))
-        }
+        Node::Bare(bare) => match &bare.path {
+            Some(path) => Ok(match lookup(ctx, path)? {
+                Found::Json(value) => value.clone(),
+                Found::Owned(value) => value,
+                Found::Missing => Value::Null,
+            }),
+            None => {
+                let rendered = text(&bare.template)?;
+                Ok(serde_json::from_str(&rendered).unwrap_or(Value::String(rendered)))
+            }
+        },
         Node::Object(members) => {
             let mut map = Map::with_capacity(members.len());
             for (key, value) in members {

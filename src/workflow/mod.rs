@@ -11,7 +11,7 @@ mod variables;
 pub mod webhook;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use self::compile::{collect_files, compile_webhook, compile_workflow};
@@ -19,7 +19,7 @@ use crate::connectors::ActionSpec;
 use crate::event::Event;
 use crate::net::Guard;
 use crate::template::{Condition, Context, Engine, SecretsView, TemplateError};
-use def::FileDef;
+use def::{ConnectionDef, ConnectionsOnly, FileDef};
 
 pub use self::problem::{Problem, Severity};
 pub use self::scope::{ActionScope, Connection};
@@ -109,13 +109,11 @@ impl Catalog {
         for path in paths {
             collect_files(path, &mut files, &mut problems);
         }
-        let mut parsed = Vec::new();
+        // Every file is read once, up front, so that the catalog is one snapshot of the folder.
+        let mut texts = Vec::new();
         for file in files {
             match std::fs::read_to_string(&file) {
-                Ok(text) => match serde_yaml_ng::from_str::<Option<FileDef>>(&text) {
-                    Ok(def) => parsed.push((file, def.unwrap_or_default())),
-                    Err(e) => problems.push(Problem::error(&file, None, None, e.to_string())),
-                },
+                Ok(text) => texts.push((file, text)),
                 Err(e) => {
                     problems.push(Problem::error(
                         &file,
@@ -126,7 +124,29 @@ impl Catalog {
                 }
             }
         }
-        let catalog = Catalog::compile_guarded(parsed, secrets, engine, guard, &mut problems);
+        // Two passes, so that the parsed workflows of only one file are held at a time (a
+        // large catalog's parsed files weigh more than the compiled catalog): the connections
+        // of every file first, since an action may use a connection of any file; then each
+        // file whole, its workflows and webhooks compiled and its parse dropped. A file that
+        // does not parse is reported by the second pass.
+        let mut catalog = Catalog::empty(secrets, guard);
+        for (file, text) in &texts {
+            if let Ok(Some(def)) = serde_yaml_ng::from_str::<Option<ConnectionsOnly>>(text) {
+                catalog.add_connections(file, &def.connections, engine, &mut problems);
+            }
+        }
+        for (file, text) in texts {
+            match serde_yaml_ng::from_str::<Option<FileDef>>(&text) {
+                Ok(def) => {
+                    let def = def.unwrap_or_default();
+                    catalog.add_workflows(&file, &def, engine, &mut problems);
+                }
+                Err(e) => problems.push(Problem::error(&file, None, None, e.to_string())),
+            }
+        }
+        // Held until the next reload: no room left over from the doubling as it grew.
+        catalog.workflows.shrink_to_fit();
+        catalog.webhooks.shrink_to_fit();
         let ok = !problems.iter().any(|p| p.severity == Severity::Error);
         (ok.then_some(catalog), problems)
     }
@@ -149,105 +169,125 @@ impl Catalog {
         guard: &Guard,
         problems: &mut Vec<Problem>,
     ) -> Catalog {
-        let mut catalog = Catalog {
+        let mut catalog = Catalog::empty(secrets, guard);
+        for (file, def) in &files {
+            catalog.add_connections(file, &def.connections, engine, problems);
+        }
+        for (file, def) in &files {
+            catalog.add_workflows(file, def, engine, problems);
+        }
+        catalog
+    }
+
+    /// A catalog with nothing loaded yet.
+    fn empty(secrets: HashMap<String, String>, guard: &Guard) -> Catalog {
+        Catalog {
             secrets,
             guard: guard.clone(),
             ..Catalog::default()
-        };
-        for (file, def) in &files {
-            for connection in &def.connections {
-                let (kind, settings) = match connection.kind.iter().next() {
-                    Some((kind, settings)) if connection.kind.len() == 1 => {
-                        (kind.clone(), settings.clone())
-                    }
-                    _ => {
-                        problems.push(Problem::error(
-                            file,
-                            None,
-                            None,
-                            format!(
-                                "connection {}: name exactly one app (salesforce, mailchimp or braze)",
-                                connection.id
-                            ),
-                        ));
-                        continue;
-                    }
-                };
-                let compiled = Connection {
-                    id: connection.id.clone(),
-                    workspace: connection.workspace.clone(),
-                    kind,
-                    settings,
-                };
-                for message in crate::connectors::check_connection(&compiled, engine) {
-                    problems.push(Problem::error(
-                        file,
-                        None,
-                        None,
-                        format!("connection {}: {message}", compiled.id),
-                    ));
-                }
-                if catalog
-                    .connections
-                    .insert(connection.id.clone(), compiled)
-                    .is_some()
-                {
-                    problems.push(Problem::error(
-                        file,
-                        None,
-                        None,
-                        format!("connection id {} is defined twice", connection.id),
-                    ));
-                }
-            }
         }
-        for (file, def) in &files {
-            for workflow in &def.workflows {
-                if catalog.by_id.contains_key(&workflow.id) {
+    }
+
+    /// Compiles one file's connections.
+    fn add_connections(
+        &mut self,
+        file: &Path,
+        connections: &[ConnectionDef],
+        engine: &Engine,
+        problems: &mut Vec<Problem>,
+    ) {
+        for connection in connections {
+            let (kind, settings) = match connection.kind.iter().next() {
+                Some((kind, settings)) if connection.kind.len() == 1 => {
+                    (kind.clone(), settings.clone())
+                }
+                _ => {
                     problems.push(Problem::error(
                         file,
-                        Some(&workflow.id),
                         None,
-                        "workflow id is defined twice; ids must be unique across all files",
+                        None,
+                        format!(
+                            "connection {}: name exactly one app (salesforce, mailchimp or braze)",
+                            connection.id
+                        ),
                     ));
                     continue;
                 }
-                if let Some(compiled) = compile_workflow(file, workflow, engine, &catalog, problems)
-                {
-                    catalog
-                        .by_id
-                        .insert(compiled.id.clone(), catalog.workflows.len());
-                    for kind in &compiled.types {
-                        catalog
-                            .by_type
-                            .entry(kind)
-                            .or_default()
-                            .push(catalog.workflows.len());
-                    }
-                    catalog.workflows.push(compiled);
-                }
+            };
+            let compiled = Connection {
+                id: connection.id.clone(),
+                workspace: connection.workspace.clone(),
+                kind,
+                settings,
+            };
+            for message in crate::connectors::check_connection(&compiled, engine) {
+                problems.push(Problem::error(
+                    file,
+                    None,
+                    None,
+                    format!("connection {}: {message}", compiled.id),
+                ));
             }
-            for webhook in &def.webhooks {
-                if catalog.webhook_by_id.contains_key(&webhook.id) {
-                    problems.push(Problem::error(
-                        file,
-                        Some(&webhook.id),
-                        None,
-                        "webhook id is defined twice",
-                    ));
-                    continue;
-                }
-                if let Some(compiled) =
-                    compile_webhook(file, webhook, engine, &catalog.guard, problems)
-                {
-                    catalog
-                        .webhook_by_id
-                        .insert(compiled.id.clone(), catalog.webhooks.len());
-                    catalog.webhooks.push(compiled);
-                }
+            if self
+                .connections
+                .insert(connection.id.clone(), compiled)
+                .is_some()
+            {
+                problems.push(Problem::error(
+                    file,
+                    None,
+                    None,
+                    format!("connection id {} is defined twice", connection.id),
+                ));
             }
         }
-        catalog
+    }
+
+    /// Compiles one file's workflows and webhooks (after every file's connections).
+    fn add_workflows(
+        &mut self,
+        file: &Path,
+        def: &FileDef,
+        engine: &Engine,
+        problems: &mut Vec<Problem>,
+    ) {
+        for workflow in &def.workflows {
+            if self.by_id.contains_key(&workflow.id) {
+                problems.push(Problem::error(
+                    file,
+                    Some(&workflow.id),
+                    None,
+                    "workflow id is defined twice; ids must be unique across all files",
+                ));
+                continue;
+            }
+            if let Some(compiled) = compile_workflow(file, workflow, engine, self, problems) {
+                self.by_id.insert(compiled.id.clone(), self.workflows.len());
+                for kind in &compiled.types {
+                    self.by_type
+                        .entry(kind)
+                        .or_default()
+                        .push(self.workflows.len());
+                }
+                self.workflows.push(compiled);
+            }
+        }
+        for webhook in &def.webhooks {
+            if self.webhook_by_id.contains_key(&webhook.id) {
+                problems.push(Problem::error(
+                    file,
+                    Some(&webhook.id),
+                    None,
+                    "webhook id is defined twice",
+                ));
+                continue;
+            }
+            if let Some(compiled) = compile_webhook(file, webhook, engine, &self.guard, problems) {
+                self.webhook_by_id
+                    .insert(compiled.id.clone(), self.webhooks.len());
+                self.webhooks.push(compiled);
+            }
+        }
     }
 
     /// A workflow by id.

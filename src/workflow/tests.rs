@@ -168,3 +168,49 @@ fn webhooks_match_type_patterns() {
         );
     }
 }
+
+#[test]
+fn a_folder_loads_file_by_file_with_connections_from_any_file_and_each_problem_once() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).expect("write a workflow file");
+    };
+    // `a.yaml` is compiled first and uses the connection that `b.yaml` defines.
+    write(
+        "a.yaml",
+        "workflows:\n  - id: tag\n    workspace: ws_demo\n    trigger: { event: Prize.Won }\n    actions:\n      - id: t\n        mailchimp: { connection: mc-main, tag: { list: a1b2c3, email: \"{{ contact.email }}\", tags: [winner] } }\n",
+    );
+    write(
+        "b.yaml",
+        "connections:\n  - id: mc-main\n    workspace: ws_demo\n    mailchimp: { api_key: \"{{ secrets.MC_KEY }}\" }\n",
+    );
+    write("c.yaml", "workflows: [ { id: broken\n");
+    write("d.yaml", "connections: []\nwokflows: []\n");
+    let secrets = HashMap::from([("MC_KEY".to_owned(), "0123456789abcdef-us6".to_owned())]);
+    let load = || {
+        Catalog::load(
+            &[dir.path().to_path_buf()],
+            secrets.clone(),
+            &Engine::new(),
+            &Guard::default(),
+        )
+    };
+
+    let (catalog, problems) = load();
+    assert!(catalog.is_none(), "two files do not parse");
+    let found = errors(&problems);
+    assert_eq!(found.len(), 2, "one problem per bad file: {found:#?}");
+    assert!(found[0].contains("c.yaml"), "{found:#?}");
+    assert!(
+        found[1].contains("d.yaml") && found[1].contains("wokflows"),
+        "{found:#?}"
+    );
+
+    std::fs::remove_file(dir.path().join("c.yaml")).expect("remove c.yaml");
+    std::fs::remove_file(dir.path().join("d.yaml")).expect("remove d.yaml");
+    let (catalog, problems) = load();
+    assert!(errors(&problems).is_empty(), "{problems:#?}");
+    let catalog = catalog.expect("the folder loads");
+    assert!(catalog.workflow("tag").is_some());
+    assert!(catalog.connections.contains_key("mc-main"));
+}

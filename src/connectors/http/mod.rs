@@ -25,9 +25,9 @@ pub struct HttpAction {
     /// The URL (may read secrets).
     url: TextTemplate,
     /// Headers (may read secrets).
-    headers: Vec<(HeaderName, TextTemplate)>,
+    headers: Box<[(HeaderName, TextTemplate)]>,
     /// Query parameters appended to the URL.
-    query: Vec<(String, TextTemplate)>,
+    query: Box<[(String, TextTemplate)]>,
     /// Credentials.
     auth: Option<Auth>,
     /// The body.
@@ -210,8 +210,9 @@ impl HttpAction {
         Some(HttpAction {
             method,
             url: url?,
-            headers,
-            query,
+            // Exact size: a catalog holds one of these per action, for as long as it is loaded.
+            headers: headers.into_boxed_slice(),
+            query: query.into_boxed_slice(),
             auth,
             body,
             timeout: def.timeout,
