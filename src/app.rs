@@ -115,7 +115,8 @@ impl Shared {
             None
         };
         let guard = Guard::new(&config.http.allow_networks);
-        let (catalog, problems) = Catalog::load(&config.workflows.paths, secrets, &engine, &guard);
+        let (catalog, problems) =
+            Catalog::load(&config.workflows.paths, secrets, &engine, &guard, None);
         for problem in problems.iter().filter(|p| p.severity != Severity::Error) {
             warn!(problem = %problem, "workflow lint");
         }
@@ -184,6 +185,7 @@ impl Shared {
             secrets,
             &self.engine,
             &Guard::new(&self.config.http.allow_networks),
+            Some(&self.catalog.load()),
         );
         for problem in problems.iter().filter(|p| p.severity != Severity::Error) {
             warn!(problem = %problem, "workflow lint");

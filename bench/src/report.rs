@@ -151,8 +151,10 @@ pub struct Report {
     pub actions_per_event: u64,
     /// Workflows loaded beside the bench's own (`--workflows`).
     pub workflows: u64,
-    /// A SIGHUP reload of all of them at the end: (milliseconds, succeeded).
+    /// A SIGHUP reload of all of them at the end, files unchanged: (milliseconds, succeeded).
     pub reload: Option<(f64, bool)>,
+    /// The same after every workflow file changed (all compiled again).
+    pub reload_changed: Option<(f64, bool)>,
     /// The size of one event, in bytes.
     pub event_bytes: usize,
     /// CPUs this machine offers.
@@ -177,6 +179,8 @@ pub struct Report {
     pub split: Option<(Latency, Latency)>,
     /// The service's peak resident memory (VmHWM), KiB.
     pub rss_peak_kib: Option<u64>,
+    /// The peak before the reloads of `--workflows` (the load at start and the traffic).
+    pub rss_before_reload_kib: Option<u64>,
     /// (events that reached the sink more than once, requests the sink could not read).
     pub duplicates: (u64, u64),
     /// The 1-minute load average when the run started.
@@ -202,6 +206,7 @@ impl Report {
             actions_per_event: 1,
             workflows: 0,
             reload: None,
+            reload_changed: None,
             event_bytes,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             clk_tck: 100,
@@ -213,6 +218,7 @@ impl Report {
             broker_floor: None,
             split: None,
             rss_peak_kib: None,
+            rss_before_reload_kib: None,
             duplicates: (0, 0),
             load_average: None,
             wal: String::new(),
@@ -385,18 +391,27 @@ impl Report {
         }
         if let Some(rss) = self.rss_mib() {
             let _ = writeln!(out, "memory          peak RSS of the service {rss:.1} MiB");
+            if let Some(kib) = self.rss_before_reload_kib {
+                let _ = writeln!(
+                    out,
+                    "                before the reloads: {:.1} MiB",
+                    kib as f64 / 1024.0
+                );
+            }
         }
         if self.workflows > 0 {
+            let reload = |reload: Option<(f64, bool)>| match reload {
+                Some((ms, true)) => format!("{ms:.0} ms"),
+                Some((ms, false)) => format!("REFUSED after {ms:.0} ms (see the service's log)"),
+                None => "n/a".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "workflows       {} more loaded (1,000 other workspaces); SIGHUP reload of all: {}",
+                "workflows       {} more loaded (1,000 other workspaces); SIGHUP reload of all: {} \
+                 unchanged, {} with every file changed",
                 self.workflows,
-                match self.reload {
-                    Some((ms, true)) => format!("{ms:.0} ms"),
-                    Some((ms, false)) =>
-                        format!("REFUSED after {ms:.0} ms (see the service's log)"),
-                    None => "n/a".to_owned(),
-                }
+                reload(self.reload),
+                reload(self.reload_changed),
             );
         }
         if let Some(h) = &self.history {

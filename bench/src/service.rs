@@ -148,6 +148,22 @@ fn extra_workflows(url: &str, count: u64) -> Vec<String> {
     files
 }
 
+/// Appends a comment to every workflow file in `folder`: the next reload compiles them all.
+pub fn touch_workflow_files(folder: &Path) -> anyhow::Result<()> {
+    for entry in
+        std::fs::read_dir(folder).with_context(|| format!("reading {}", folder.display()))?
+    {
+        let path = entry.context("reading the workflows folder")?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let mut text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            text.push_str("# changed by switchyard-bench before its second reload\n");
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `dir/switchyard.yaml` and `dir/workflows/bench.yaml` for a service with its own
 /// `prefix`, calling the sink at `sink`.
 pub fn write_files(

@@ -96,6 +96,7 @@ pub fn preview(config: &Config, raw: &[u8], out: &mut impl Write) -> Result<(), 
         Default::default(),
         &Engine::new(),
         &crate::net::Guard::new(&config.http.allow_networks),
+        None,
     );
     let Some(catalog) = catalog else {
         for problem in problems.iter().filter(|p| p.severity == Severity::Error) {

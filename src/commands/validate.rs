@@ -22,8 +22,13 @@ pub fn validate(config: &Config, out: &mut impl Write) -> ExitCode {
         }
     };
     let guard = crate::net::Guard::new(&config.http.allow_networks);
-    let (catalog, problems) =
-        Catalog::load(&config.workflows.paths, secrets, &Engine::new(), &guard);
+    let (catalog, problems) = Catalog::load(
+        &config.workflows.paths,
+        secrets,
+        &Engine::new(),
+        &guard,
+        None,
+    );
     for problem in &problems {
         let _ = writeln!(out, "{problem}");
     }

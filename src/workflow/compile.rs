@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::def::{OneOrMany, WebhookDef, WorkflowDef};
 use super::scope::blocked_by;
@@ -40,7 +41,7 @@ pub(super) fn collect_files(path: &Path, files: &mut Vec<PathBuf>, problems: &mu
 }
 
 pub(super) fn compile_workflow(
-    file: &Path,
+    file: &Arc<Path>,
     def: &WorkflowDef,
     engine: &Engine,
     catalog: &Catalog,
@@ -239,12 +240,12 @@ pub(super) fn compile_workflow(
         scope,
         condition,
         actions,
-        file: file.to_path_buf(),
+        file: file.clone(),
     })
 }
 
 pub(super) fn compile_webhook(
-    file: &Path,
+    file: &Arc<Path>,
     def: &WebhookDef,
     engine: &Engine,
     guard: &Guard,
@@ -348,7 +349,7 @@ pub(super) fn compile_webhook(
         url: url?,
         secrets,
         legacy,
-        file: file.to_path_buf(),
+        file: file.clone(),
     })
 }
 

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use self::compile::{collect_files, compile_webhook, compile_workflow};
 use crate::connectors::ActionSpec;
 use crate::event::Event;
@@ -51,8 +53,8 @@ pub struct Workflow {
     pub condition: Option<Condition>,
     /// Its actions, in file order.
     pub actions: Vec<Action>,
-    /// The file it came from.
-    pub file: PathBuf,
+    /// The file it came from (one allocation for all the workflows of a file).
+    pub file: Arc<Path>,
 }
 
 /// A compiled action.
@@ -73,10 +75,10 @@ pub struct Action {
 /// Everything loaded from the workflow files: immutable, swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    /// Workflows by index.
-    pub workflows: Vec<Workflow>,
+    /// Workflows by index (shared with the next catalog when their file has not changed).
+    pub workflows: Vec<Arc<Workflow>>,
     /// Webhook subscriptions.
-    pub webhooks: Vec<Webhook>,
+    pub webhooks: Vec<Arc<Webhook>>,
     /// Connections by id.
     pub connections: HashMap<String, Connection>,
     /// Secret values by name.
@@ -90,6 +92,70 @@ pub struct Catalog {
     /// The private-network guard of `http.allow_networks`: a literal URL it lets through gets no
     /// "blocked" warning.
     guard: Guard,
+    /// What each file contributed, for the next reload to take over what has not changed.
+    files: HashMap<PathBuf, FileLoad>,
+}
+
+/// Compiles one file's connections, with the problems of each on its own.
+fn compile_connections(
+    file: &Path,
+    connections: &[ConnectionDef],
+    engine: &Engine,
+    problems: &mut Vec<Problem>,
+) -> Vec<Connection> {
+    let mut compiled = Vec::with_capacity(connections.len());
+    for connection in connections {
+        let (kind, settings) = match connection.kind.iter().next() {
+            Some((kind, settings)) if connection.kind.len() == 1 => {
+                (kind.clone(), settings.clone())
+            }
+            _ => {
+                problems.push(Problem::error(
+                    file,
+                    None,
+                    None,
+                    format!(
+                        "connection {}: name exactly one app (salesforce, mailchimp or braze)",
+                        connection.id
+                    ),
+                ));
+                continue;
+            }
+        };
+        let one = Connection {
+            id: connection.id.clone(),
+            workspace: connection.workspace.clone(),
+            kind,
+            settings,
+        };
+        for message in crate::connectors::check_connection(&one, engine) {
+            problems.push(Problem::error(
+                file,
+                None,
+                None,
+                format!("connection {}: {message}", one.id),
+            ));
+        }
+        compiled.push(one);
+    }
+    compiled
+}
+
+/// One file's share of a catalog.
+#[derive(Debug)]
+struct FileLoad {
+    /// SHA-256 of the file's text.
+    digest: [u8; 32],
+    /// Its connections (kept when the file and the secrets are unchanged).
+    connections: Vec<Connection>,
+    /// What compiling them reported.
+    connection_problems: Vec<Problem>,
+    /// Its workflows, in file order.
+    workflows: Vec<Arc<Workflow>>,
+    /// Its webhooks, in file order.
+    webhooks: Vec<Arc<Webhook>>,
+    /// What compiling them reported (warnings only: a catalog with an error is never kept).
+    problems: Vec<Problem>,
 }
 
 /// The loaded catalog, shared and replaceable.
@@ -98,11 +164,18 @@ pub type Shared = Arc<arc_swap::ArcSwap<Catalog>>;
 impl Catalog {
     /// Reads every `*.yaml` under `paths`, compiles it, and reports every problem found.
     /// Returns the catalog only when there is no [`Severity::Error`].
+    ///
+    /// A reload passes the catalog it replaces as `previous`: a file whose text is unchanged
+    /// then keeps its compiled workflows and webhooks (shared, not copied) when the secrets and
+    /// every file's connections are unchanged too, which is all a compiled workflow depends on
+    /// besides its own file (and the guard, fixed for the process). Reloading ten thousand
+    /// workflows to change one then compiles one file, and holds one catalog's worth of memory.
     pub fn load(
         paths: &[PathBuf],
         secrets: HashMap<String, String>,
         engine: &Engine,
         guard: &Guard,
+        previous: Option<&Catalog>,
     ) -> (Option<Catalog>, Vec<Problem>) {
         let mut problems = Vec::new();
         let mut files = Vec::new();
@@ -130,16 +203,62 @@ impl Catalog {
         // file whole, its workflows and webhooks compiled and its parse dropped. A file that
         // does not parse is reported by the second pass.
         let mut catalog = Catalog::empty(secrets, guard);
-        for (file, text) in &texts {
-            if let Ok(Some(def)) = serde_yaml_ng::from_str::<Option<ConnectionsOnly>>(text) {
-                catalog.add_connections(file, &def.connections, engine, &mut problems);
-            }
-        }
+        // A file whose text is unchanged keeps its compiled connections too, when the secrets
+        // are the same: an unchanged folder is not parsed at all.
+        let same_secrets = previous.filter(|p| p.secrets == catalog.secrets);
+        let mut pending = Vec::with_capacity(texts.len());
         for (file, text) in texts {
+            let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+            let kept = same_secrets
+                .and_then(|p| p.files.get(&file))
+                .filter(|kept| kept.digest == digest);
+            let (connections, reported) = match kept {
+                Some(kept) => {
+                    problems.extend(kept.connection_problems.iter().cloned());
+                    (kept.connections.clone(), kept.connection_problems.clone())
+                }
+                None => {
+                    let before = problems.len();
+                    let defs = serde_yaml_ng::from_str::<Option<ConnectionsOnly>>(&text)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    let compiled =
+                        compile_connections(&file, &defs.connections, engine, &mut problems);
+                    (compiled, problems[before..].to_vec())
+                }
+            };
+            catalog.insert_connections(&file, &connections, &mut problems);
+            pending.push((file, text, digest, connections, reported));
+        }
+        let reusable = previous
+            .filter(|p| p.secrets == catalog.secrets && p.connections == catalog.connections);
+        for (file, text, digest, connections, connection_problems) in pending {
+            if let Some(kept) = reusable
+                .and_then(|p| p.files.get(&file))
+                .filter(|kept| kept.digest == digest)
+            {
+                catalog.take_over(&file, kept, &mut problems);
+                continue;
+            }
             match serde_yaml_ng::from_str::<Option<FileDef>>(&text) {
                 Ok(def) => {
                     let def = def.unwrap_or_default();
+                    let (workflows, webhooks, reported) = (
+                        catalog.workflows.len(),
+                        catalog.webhooks.len(),
+                        problems.len(),
+                    );
                     catalog.add_workflows(&file, &def, engine, &mut problems);
+                    let load = FileLoad {
+                        digest,
+                        connections,
+                        connection_problems,
+                        workflows: catalog.workflows[workflows..].to_vec(),
+                        webhooks: catalog.webhooks[webhooks..].to_vec(),
+                        problems: problems[reported..].to_vec(),
+                    };
+                    catalog.files.insert(file, load);
                 }
                 Err(e) => problems.push(Problem::error(&file, None, None, e.to_string())),
             }
@@ -171,7 +290,8 @@ impl Catalog {
     ) -> Catalog {
         let mut catalog = Catalog::empty(secrets, guard);
         for (file, def) in &files {
-            catalog.add_connections(file, &def.connections, engine, problems);
+            let connections = compile_connections(file, &def.connections, engine, problems);
+            catalog.insert_connections(file, &connections, problems);
         }
         for (file, def) in &files {
             catalog.add_workflows(file, def, engine, problems);
@@ -188,49 +308,17 @@ impl Catalog {
         }
     }
 
-    /// Compiles one file's connections.
-    fn add_connections(
+    /// Adds one file's compiled connections; an id defined twice is an error.
+    fn insert_connections(
         &mut self,
         file: &Path,
-        connections: &[ConnectionDef],
-        engine: &Engine,
+        connections: &[Connection],
         problems: &mut Vec<Problem>,
     ) {
         for connection in connections {
-            let (kind, settings) = match connection.kind.iter().next() {
-                Some((kind, settings)) if connection.kind.len() == 1 => {
-                    (kind.clone(), settings.clone())
-                }
-                _ => {
-                    problems.push(Problem::error(
-                        file,
-                        None,
-                        None,
-                        format!(
-                            "connection {}: name exactly one app (salesforce, mailchimp or braze)",
-                            connection.id
-                        ),
-                    ));
-                    continue;
-                }
-            };
-            let compiled = Connection {
-                id: connection.id.clone(),
-                workspace: connection.workspace.clone(),
-                kind,
-                settings,
-            };
-            for message in crate::connectors::check_connection(&compiled, engine) {
-                problems.push(Problem::error(
-                    file,
-                    None,
-                    None,
-                    format!("connection {}: {message}", compiled.id),
-                ));
-            }
             if self
                 .connections
-                .insert(connection.id.clone(), compiled)
+                .insert(connection.id.clone(), connection.clone())
                 .is_some()
             {
                 problems.push(Problem::error(
@@ -251,6 +339,8 @@ impl Catalog {
         engine: &Engine,
         problems: &mut Vec<Problem>,
     ) {
+        let file: Arc<Path> = Arc::from(file);
+        let file = &file;
         for workflow in &def.workflows {
             if self.by_id.contains_key(&workflow.id) {
                 problems.push(Problem::error(
@@ -262,14 +352,7 @@ impl Catalog {
                 continue;
             }
             if let Some(compiled) = compile_workflow(file, workflow, engine, self, problems) {
-                self.by_id.insert(compiled.id.clone(), self.workflows.len());
-                for kind in &compiled.types {
-                    self.by_type
-                        .entry(kind)
-                        .or_default()
-                        .push(self.workflows.len());
-                }
-                self.workflows.push(compiled);
+                self.index_workflow(Arc::new(compiled));
             }
         }
         for webhook in &def.webhooks {
@@ -283,21 +366,78 @@ impl Catalog {
                 continue;
             }
             if let Some(compiled) = compile_webhook(file, webhook, engine, &self.guard, problems) {
-                self.webhook_by_id
-                    .insert(compiled.id.clone(), self.webhooks.len());
-                self.webhooks.push(compiled);
+                self.index_webhook(Arc::new(compiled));
             }
         }
     }
 
+    /// Takes over an unchanged file's workflows and webhooks from the catalog being replaced,
+    /// with what compiling them reported; an id that a changed file now also defines is refused
+    /// as [`Catalog::add_workflows`] refuses it.
+    fn take_over(&mut self, file: &Path, kept: &FileLoad, problems: &mut Vec<Problem>) {
+        problems.extend(kept.problems.iter().cloned());
+        for workflow in &kept.workflows {
+            if self.by_id.contains_key(&workflow.id) {
+                problems.push(Problem::error(
+                    file,
+                    Some(&workflow.id),
+                    None,
+                    "workflow id is defined twice; ids must be unique across all files",
+                ));
+                continue;
+            }
+            self.index_workflow(workflow.clone());
+        }
+        for webhook in &kept.webhooks {
+            if self.webhook_by_id.contains_key(&webhook.id) {
+                problems.push(Problem::error(
+                    file,
+                    Some(&webhook.id),
+                    None,
+                    "webhook id is defined twice",
+                ));
+                continue;
+            }
+            self.index_webhook(webhook.clone());
+        }
+        let load = FileLoad {
+            digest: kept.digest,
+            connections: kept.connections.clone(),
+            connection_problems: kept.connection_problems.clone(),
+            workflows: kept.workflows.clone(),
+            webhooks: kept.webhooks.clone(),
+            problems: kept.problems.clone(),
+        };
+        self.files.insert(file.to_path_buf(), load);
+    }
+
+    /// Adds a compiled workflow to the indexes.
+    fn index_workflow(&mut self, workflow: Arc<Workflow>) {
+        self.by_id.insert(workflow.id.clone(), self.workflows.len());
+        for kind in &workflow.types {
+            self.by_type
+                .entry(kind)
+                .or_default()
+                .push(self.workflows.len());
+        }
+        self.workflows.push(workflow);
+    }
+
+    /// Adds a compiled webhook to the index.
+    fn index_webhook(&mut self, webhook: Arc<Webhook>) {
+        self.webhook_by_id
+            .insert(webhook.id.clone(), self.webhooks.len());
+        self.webhooks.push(webhook);
+    }
+
     /// A workflow by id.
     pub fn workflow(&self, id: &str) -> Option<&Workflow> {
-        self.by_id.get(id).map(|&i| &self.workflows[i])
+        self.by_id.get(id).map(|&i| &*self.workflows[i])
     }
 
     /// A webhook by id.
     pub fn webhook(&self, id: &str) -> Option<&Webhook> {
-        self.webhook_by_id.get(id).map(|&i| &self.webhooks[i])
+        self.webhook_by_id.get(id).map(|&i| &*self.webhooks[i])
     }
 
     /// The workflows whose type, workspace and scope match (the trigger's `if` is not evaluated).
@@ -306,7 +446,7 @@ impl Catalog {
             .get(event.kind.name)
             .into_iter()
             .flatten()
-            .map(|&i| &self.workflows[i])
+            .map(|&i| &*self.workflows[i])
             .filter(|wf| wf.workspace == event.workspace && wf.scope_matches(event))
     }
 
@@ -314,6 +454,7 @@ impl Catalog {
     pub fn webhooks_for<'a>(&'a self, event: &'a Event) -> impl Iterator<Item = &'a Webhook> + 'a {
         self.webhooks
             .iter()
+            .map(|wh| &**wh)
             .filter(|wh| wh.workspace == event.workspace && wh.matches_type(event.kind.name))
     }
 

@@ -12,7 +12,7 @@ use crate::net::Guard;
 use crate::template::{Engine, TextTemplate};
 
 /// A connection as written (the connector that uses it interprets the settings).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
     /// Its id.
     pub id: String,

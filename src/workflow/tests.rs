@@ -175,28 +175,30 @@ fn a_folder_loads_file_by_file_with_connections_from_any_file_and_each_problem_o
     let write = |name: &str, text: &str| {
         std::fs::write(dir.path().join(name), text).expect("write a workflow file");
     };
-    // `a.yaml` is compiled first and uses the connection that `b.yaml` defines.
-    write(
-        "a.yaml",
-        "workflows:\n  - id: tag\n    workspace: ws_demo\n    trigger: { event: Prize.Won }\n    actions:\n      - id: t\n        mailchimp: { connection: mc-main, tag: { list: a1b2c3, email: \"{{ contact.email }}\", tags: [winner] } }\n",
-    );
-    write(
-        "b.yaml",
-        "connections:\n  - id: mc-main\n    workspace: ws_demo\n    mailchimp: { api_key: \"{{ secrets.MC_KEY }}\" }\n",
-    );
+    // `a.yaml` is compiled first and uses the connection that `b.yaml` defines; its webhook's
+    // loopback URL is a warning.
+    let tag = "workflows:\n  - id: tag\n    workspace: ws_demo\n    trigger: { event: Prize.Won }\n    actions:\n      - id: t\n        mailchimp: { connection: mc-main, tag: { list: a1b2c3, email: \"{{ contact.email }}\", tags: [winner] } }\nwebhooks:\n  - { id: hook, workspace: ws_demo, url: \"http://127.0.0.1:9/hook\", events: [\"*\"] }\n";
+    let connection = |workspace: &str| {
+        format!(
+            "connections:\n  - id: mc-main\n    workspace: {workspace}\n    mailchimp: {{ api_key: \"{{{{ secrets.MC_KEY }}}}\" }}\n"
+        )
+    };
+    write("a.yaml", tag);
+    write("b.yaml", &connection("ws_demo"));
     write("c.yaml", "workflows: [ { id: broken\n");
     write("d.yaml", "connections: []\nwokflows: []\n");
-    let secrets = HashMap::from([("MC_KEY".to_owned(), "0123456789abcdef-us6".to_owned())]);
-    let load = || {
+    let secrets = |key: &str| HashMap::from([("MC_KEY".to_owned(), key.to_owned())]);
+    let load = |key: &str, previous: Option<&Catalog>| {
         Catalog::load(
             &[dir.path().to_path_buf()],
-            secrets.clone(),
+            secrets(key),
             &Engine::new(),
             &Guard::default(),
+            previous,
         )
     };
 
-    let (catalog, problems) = load();
+    let (catalog, problems) = load("0123456789abcdef-us6", None);
     assert!(catalog.is_none(), "two files do not parse");
     let found = errors(&problems);
     assert_eq!(found.len(), 2, "one problem per bad file: {found:#?}");
@@ -208,9 +210,44 @@ fn a_folder_loads_file_by_file_with_connections_from_any_file_and_each_problem_o
 
     std::fs::remove_file(dir.path().join("c.yaml")).expect("remove c.yaml");
     std::fs::remove_file(dir.path().join("d.yaml")).expect("remove d.yaml");
-    let (catalog, problems) = load();
+    let warned = |problems: &[Problem]| {
+        problems
+            .iter()
+            .filter(|p| p.severity == Severity::Warning && p.to_string().contains("loopback"))
+            .count()
+    };
+    let (first, problems) = load("0123456789abcdef-us6", None);
     assert!(errors(&problems).is_empty(), "{problems:#?}");
-    let catalog = catalog.expect("the folder loads");
-    assert!(catalog.workflow("tag").is_some());
-    assert!(catalog.connections.contains_key("mc-main"));
+    assert_eq!(warned(&problems), 1, "{problems:#?}");
+    let first = first.expect("the folder loads");
+    assert!(first.workflow("tag").is_some() && first.webhook("hook").is_some());
+    assert!(first.connections.contains_key("mc-main"));
+
+    // A reload of unchanged files keeps the compiled workflows, and says their warnings again.
+    let (second, problems) = load("0123456789abcdef-us6", Some(&first));
+    let second = second.expect("the same folder loads again");
+    assert!(Arc::ptr_eq(&first.workflows[0], &second.workflows[0]));
+    assert!(Arc::ptr_eq(&first.webhooks[0], &second.webhooks[0]));
+    assert_eq!(warned(&problems), 1, "{problems:#?}");
+
+    // A changed file, changed secrets or a changed connection elsewhere: compiled again.
+    write("a.yaml", &format!("# edited\n{tag}"));
+    let (third, _) = load("0123456789abcdef-us6", Some(&second));
+    let third = third.expect("the edited folder loads");
+    assert!(!Arc::ptr_eq(&second.workflows[0], &third.workflows[0]));
+    let (fourth, _) = load("fedcba9876543210-us7", Some(&third));
+    let fourth = fourth.expect("new secrets load");
+    assert!(!Arc::ptr_eq(&third.workflows[0], &fourth.workflows[0]));
+    write("b.yaml", &connection("ws_other"));
+    let (fifth, problems) = load("fedcba9876543210-us7", Some(&fourth));
+    assert!(
+        fifth.is_none(),
+        "a.yaml is compiled again against the moved connection: {problems:#?}"
+    );
+    assert!(
+        errors(&problems)
+            .iter()
+            .any(|e| e.contains("a.yaml") && e.contains("mc-main")),
+        "{problems:#?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! A compiled webhook subscription, as the router matches it and the webhook connector sends it.
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::event;
 use crate::template::TextTemplate;
@@ -21,7 +22,7 @@ pub struct Webhook {
     /// Komo's flat legacy shape instead of the event JSON.
     pub legacy: bool,
     /// The file it came from.
-    pub file: PathBuf,
+    pub file: Arc<Path>,
 }
 
 impl Webhook {

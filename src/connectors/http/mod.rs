@@ -358,6 +358,7 @@ mod tests {
         let mut workflows = catalog.workflows.into_iter();
         let action = workflows
             .next()
+            .and_then(std::sync::Arc::into_inner)
             .and_then(|wf| wf.actions.into_iter().next())
             .and_then(|action| match action.spec {
                 ActionSpec::Http(http) => Some(http),
