@@ -142,7 +142,7 @@ fn compile_connections(
 }
 
 /// One file's share of a catalog.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FileLoad {
     /// SHA-256 of the file's text.
     digest: [u8; 32],
@@ -342,13 +342,7 @@ impl Catalog {
         let file: Arc<Path> = Arc::from(file);
         let file = &file;
         for workflow in &def.workflows {
-            if self.by_id.contains_key(&workflow.id) {
-                problems.push(Problem::error(
-                    file,
-                    Some(&workflow.id),
-                    None,
-                    "workflow id is defined twice; ids must be unique across all files",
-                ));
+            if self.taken(file, &workflow.id, problems) {
                 continue;
             }
             if let Some(compiled) = compile_workflow(file, workflow, engine, self, problems) {
@@ -356,13 +350,7 @@ impl Catalog {
             }
         }
         for webhook in &def.webhooks {
-            if self.webhook_by_id.contains_key(&webhook.id) {
-                problems.push(Problem::error(
-                    file,
-                    Some(&webhook.id),
-                    None,
-                    "webhook id is defined twice",
-                ));
+            if self.webhook_taken(file, &webhook.id, problems) {
                 continue;
             }
             if let Some(compiled) = compile_webhook(file, webhook, engine, &self.guard, problems) {
@@ -377,38 +365,46 @@ impl Catalog {
     fn take_over(&mut self, file: &Path, kept: &FileLoad, problems: &mut Vec<Problem>) {
         problems.extend(kept.problems.iter().cloned());
         for workflow in &kept.workflows {
-            if self.by_id.contains_key(&workflow.id) {
-                problems.push(Problem::error(
-                    file,
-                    Some(&workflow.id),
-                    None,
-                    "workflow id is defined twice; ids must be unique across all files",
-                ));
+            if self.taken(file, &workflow.id, problems) {
                 continue;
             }
             self.index_workflow(workflow.clone());
         }
         for webhook in &kept.webhooks {
-            if self.webhook_by_id.contains_key(&webhook.id) {
-                problems.push(Problem::error(
-                    file,
-                    Some(&webhook.id),
-                    None,
-                    "webhook id is defined twice",
-                ));
+            if self.webhook_taken(file, &webhook.id, problems) {
                 continue;
             }
             self.index_webhook(webhook.clone());
         }
-        let load = FileLoad {
-            digest: kept.digest,
-            connections: kept.connections.clone(),
-            connection_problems: kept.connection_problems.clone(),
-            workflows: kept.workflows.clone(),
-            webhooks: kept.webhooks.clone(),
-            problems: kept.problems.clone(),
-        };
-        self.files.insert(file.to_path_buf(), load);
+        self.files.insert(file.to_path_buf(), kept.clone());
+    }
+
+    /// Whether a workflow id is already loaded (an error: ids are unique across all files).
+    fn taken(&self, file: &Path, id: &str, problems: &mut Vec<Problem>) -> bool {
+        let taken = self.by_id.contains_key(id);
+        if taken {
+            problems.push(Problem::error(
+                file,
+                Some(id),
+                None,
+                "workflow id is defined twice; ids must be unique across all files",
+            ));
+        }
+        taken
+    }
+
+    /// Whether a webhook id is already loaded (an error).
+    fn webhook_taken(&self, file: &Path, id: &str, problems: &mut Vec<Problem>) -> bool {
+        let taken = self.webhook_by_id.contains_key(id);
+        if taken {
+            problems.push(Problem::error(
+                file,
+                Some(id),
+                None,
+                "webhook id is defined twice",
+            ));
+        }
+        taken
     }
 
     /// Adds a compiled workflow to the indexes.
