@@ -65,7 +65,8 @@ struct Args {
     actions_per_event: u64,
     /// Load this many more workflows beside the bench's own (across 1,000 other workspaces, a mix
     /// of types, scopes, conditions and `needs`): what a large catalog costs in throughput and
-    /// memory. The report adds how long a SIGHUP reload of all of them took.
+    /// memory. The report adds how long a SIGHUP reload of all of them took, with the files
+    /// unchanged and then with every file changed, and the peak RSS before the reloads.
     #[arg(long, default_value_t = 0)]
     workflows: u64,
     /// Events of the latency phase (M).
