@@ -141,35 +141,36 @@ test: rabbitmq postgres browser ## Check the alert rules, the Helm chart and the
 test-cluster: rabbitmq ## The broker-cluster failover test alone (make test runs it too)
 	$(CARGO) nextest run --all-targets --run-ignored only --test-threads 1 -E 'binary(cluster)' $(TEST_ARGS)
 
-# The bench (bench/, its own workspace member) runs the release `switchyard` binary as a child process,
-# so both must be built.
+# The bench (bench/, its own workspace member) runs the `switchyard` binary next to its own as a child
+# process, so both must be built; with the `dist` profile (Cargo.toml), what the image ships.
+# BENCH_PROFILE=release measures the quick start's build instead.
+BENCH_PROFILE ?= dist
+BENCH_BUILD = $(CARGO) build --profile $(BENCH_PROFILE) --bin switchyard && $(CARGO) build --profile $(BENCH_PROFILE) -p switchyard-bench
+BENCH = ./target/$(BENCH_PROFILE)/switchyard-bench
 bench: rabbitmq ## Measure throughput, latency and memory against the broker's ceiling (bench/, switchyard-bench)
-	$(CARGO) build --release --bin switchyard
-	$(CARGO) build --release -p switchyard-bench
-	./target/release/switchyard-bench $(BENCH_ARGS)
+	$(BENCH_BUILD)
+	$(BENCH) $(BENCH_ARGS)
 
 # Run history's two benchmarks (issue 13), against the database of `make postgres`: the pipeline bench
 # with history off and on in paired runs, and 10 million generated attempt rows with the `runs list`
 # lookups and a day's partition drop timed. Each works in a PostgreSQL schema of its own, dropped after.
 HISTORY_BENCH_URL ?= postgres://switchyard:$(POSTGRES_PASSWORD)@$(POSTGRES_HOST):$(POSTGRES_PORT)/switchyard
 bench-history: rabbitmq postgres ## Run history's cost on the pipeline (paired runs, off vs on) and its lookups at 10 million rows
-	$(CARGO) build --release --bin switchyard
-	$(CARGO) build --release -p switchyard-bench
-	./target/release/switchyard-bench --history-url '$(HISTORY_BENCH_URL)' --history-pairs 3 --events 20000 --latency-events 15000 --latency-rate 2000 $(BENCH_ARGS)
-	./target/release/switchyard-bench history --url '$(HISTORY_BENCH_URL)'
+	$(BENCH_BUILD)
+	$(BENCH) --history-url '$(HISTORY_BENCH_URL)' --history-pairs 3 --events 20000 --latency-events 15000 --latency-rate 2000 $(BENCH_ARGS)
+	$(BENCH) history --url '$(HISTORY_BENCH_URL)'
 
 # Destinations' isolation (issue 14): 50 destinations, one of which hangs, then answers 429 with
 # Retry-After: 30, against a run with all 50 healthy; the other 49's throughput and p99 are compared.
 bench-isolation: rabbitmq ## One dead or throttling destination among 50: what the other 49 keep
-	$(CARGO) build --release --bin switchyard
-	$(CARGO) build --release -p switchyard-bench
-	./target/release/switchyard-bench isolation $(BENCH_ARGS)
+	$(BENCH_BUILD)
+	$(BENCH) isolation $(BENCH_ARGS)
 # The console's pages timed against a generated run history (bench/src/console.rs): 10 million attempt
 # rows by default (CONSOLE_BENCH_ARGS="--rows 1000000" for a quicker run), p50/p95 per page.
 CONSOLE_BENCH_ARGS ?=
 bench-console: rabbitmq postgres ## Time each console page (p50/p95) over a 10-million-row run history
-	$(CARGO) build --release -p switchyard-bench
-	./target/release/switchyard-bench console --url '$(HISTORY_BENCH_URL)' $(CONSOLE_BENCH_ARGS)
+	$(CARGO) build --profile $(BENCH_PROFILE) -p switchyard-bench
+	$(BENCH) console --url '$(HISTORY_BENCH_URL)' $(CONSOLE_BENCH_ARGS)
 
 lint: ## Check formatting, clippy warnings and that no module imports in a cycle (cargo-modules)
 	$(CARGO) fmt --all -- --check

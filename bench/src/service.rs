@@ -251,7 +251,7 @@ pub fn write_files(
         .with_file_name("switchyard");
     if !binary.is_file() {
         bail!(
-            "{} does not exist; build it first: cargo build --release --bins",
+            "{} does not exist; build it first with the same profile as this bench (make bench builds both: cargo build --profile dist --bins)",
             binary.display()
         );
     }
