@@ -11,6 +11,7 @@ mod variables;
 pub mod webhook;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -141,6 +142,26 @@ fn compile_connections(
     compiled
 }
 
+/// The problem of a workflow id that another file (or the same one) already defines.
+const WORKFLOW_TWICE: &str = "workflow id is defined twice; ids must be unique across all files";
+/// The problem of a webhook id defined twice.
+const WEBHOOK_TWICE: &str = "webhook id is defined twice";
+
+/// Whether `id` is already in `index`, which is an error (`message`) in `file`.
+fn defined_twice(
+    index: &HashMap<String, usize>,
+    file: &Path,
+    id: &str,
+    message: &str,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let taken = index.contains_key(id);
+    if taken {
+        problems.push(Problem::error(file, Some(id), None, message));
+    }
+    taken
+}
+
 /// One file's share of a catalog.
 #[derive(Debug, Clone)]
 struct FileLoad {
@@ -150,10 +171,10 @@ struct FileLoad {
     connections: Vec<Connection>,
     /// What compiling them reported.
     connection_problems: Vec<Problem>,
-    /// Its workflows, in file order.
-    workflows: Vec<Arc<Workflow>>,
-    /// Its webhooks, in file order.
-    webhooks: Vec<Arc<Webhook>>,
+    /// Where its workflows are in the catalog's `workflows`, in file order.
+    workflows: Range<usize>,
+    /// Where its webhooks are in the catalog's `webhooks`.
+    webhooks: Range<usize>,
     /// What compiling them reported (warnings only: a catalog with an error is never kept).
     problems: Vec<Problem>,
 }
@@ -234,11 +255,11 @@ impl Catalog {
         let reusable = previous
             .filter(|p| p.secrets == catalog.secrets && p.connections == catalog.connections);
         for (file, text, digest, connections, connection_problems) in pending {
-            if let Some(kept) = reusable
-                .and_then(|p| p.files.get(&file))
-                .filter(|kept| kept.digest == digest)
+            if let Some((previous, kept)) = reusable
+                .and_then(|p| Some((p, p.files.get(&file)?)))
+                .filter(|(_, kept)| kept.digest == digest)
             {
-                catalog.take_over(&file, kept, &mut problems);
+                catalog.take_over(&file, previous, kept, &mut problems);
                 continue;
             }
             match serde_yaml_ng::from_str::<Option<FileDef>>(&text) {
@@ -254,8 +275,8 @@ impl Catalog {
                         digest,
                         connections,
                         connection_problems,
-                        workflows: catalog.workflows[workflows..].to_vec(),
-                        webhooks: catalog.webhooks[webhooks..].to_vec(),
+                        workflows: workflows..catalog.workflows.len(),
+                        webhooks: webhooks..catalog.webhooks.len(),
                         problems: problems[reported..].to_vec(),
                     };
                     catalog.files.insert(file, load);
@@ -342,7 +363,7 @@ impl Catalog {
         let file: Arc<Path> = Arc::from(file);
         let file = &file;
         for workflow in &def.workflows {
-            if self.taken(file, &workflow.id, problems) {
+            if defined_twice(&self.by_id, file, &workflow.id, WORKFLOW_TWICE, problems) {
                 continue;
             }
             if let Some(compiled) = compile_workflow(file, workflow, engine, self, problems) {
@@ -350,7 +371,13 @@ impl Catalog {
             }
         }
         for webhook in &def.webhooks {
-            if self.webhook_taken(file, &webhook.id, problems) {
+            if defined_twice(
+                &self.webhook_by_id,
+                file,
+                &webhook.id,
+                WEBHOOK_TWICE,
+                problems,
+            ) {
                 continue;
             }
             if let Some(compiled) = compile_webhook(file, webhook, engine, &self.guard, problems) {
@@ -362,49 +389,37 @@ impl Catalog {
     /// Takes over an unchanged file's workflows and webhooks from the catalog being replaced,
     /// with what compiling them reported; an id that a changed file now also defines is refused
     /// as [`Catalog::add_workflows`] refuses it.
-    fn take_over(&mut self, file: &Path, kept: &FileLoad, problems: &mut Vec<Problem>) {
+    fn take_over(
+        &mut self,
+        file: &Path,
+        previous: &Catalog,
+        kept: &FileLoad,
+        problems: &mut Vec<Problem>,
+    ) {
         problems.extend(kept.problems.iter().cloned());
-        for workflow in &kept.workflows {
-            if self.taken(file, &workflow.id, problems) {
-                continue;
+        let (workflows, webhooks) = (self.workflows.len(), self.webhooks.len());
+        for workflow in &previous.workflows[kept.workflows.clone()] {
+            if !defined_twice(&self.by_id, file, &workflow.id, WORKFLOW_TWICE, problems) {
+                self.index_workflow(workflow.clone());
             }
-            self.index_workflow(workflow.clone());
         }
-        for webhook in &kept.webhooks {
-            if self.webhook_taken(file, &webhook.id, problems) {
-                continue;
+        for webhook in &previous.webhooks[kept.webhooks.clone()] {
+            if !defined_twice(
+                &self.webhook_by_id,
+                file,
+                &webhook.id,
+                WEBHOOK_TWICE,
+                problems,
+            ) {
+                self.index_webhook(webhook.clone());
             }
-            self.index_webhook(webhook.clone());
         }
-        self.files.insert(file.to_path_buf(), kept.clone());
-    }
-
-    /// Whether a workflow id is already loaded (an error: ids are unique across all files).
-    fn taken(&self, file: &Path, id: &str, problems: &mut Vec<Problem>) -> bool {
-        let taken = self.by_id.contains_key(id);
-        if taken {
-            problems.push(Problem::error(
-                file,
-                Some(id),
-                None,
-                "workflow id is defined twice; ids must be unique across all files",
-            ));
-        }
-        taken
-    }
-
-    /// Whether a webhook id is already loaded (an error).
-    fn webhook_taken(&self, file: &Path, id: &str, problems: &mut Vec<Problem>) -> bool {
-        let taken = self.webhook_by_id.contains_key(id);
-        if taken {
-            problems.push(Problem::error(
-                file,
-                Some(id),
-                None,
-                "webhook id is defined twice",
-            ));
-        }
-        taken
+        let load = FileLoad {
+            workflows: workflows..self.workflows.len(),
+            webhooks: webhooks..self.webhooks.len(),
+            ..kept.clone()
+        };
+        self.files.insert(file.to_path_buf(), load);
     }
 
     /// Adds a compiled workflow to the indexes.
