@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::retry::{Delay, RetryPolicy, compute_delay};
+use super::retry::{Delay, RetryPolicy, compute_delay, hold_delay};
 use crate::broker::message::Attempts;
 use crate::destinations::Hold;
 use crate::outcome::{ErrorClass, Failure, Outcome};
@@ -35,7 +35,7 @@ pub enum Decision {
     },
     /// Publish a dead-letter record with this failure's class and reason, then ack.
     DeadLetter(Failure),
-    /// The destination holds its calls: publish the message to the tier that covers the wait,
+    /// The destination holds its calls: publish the message to a tier that suits the wait,
     /// with the counters unchanged (waiting is not failing, SPEC §10), then ack.
     Hold {
         /// Why, and for how long.
@@ -57,8 +57,8 @@ pub fn decide(
     match outcome {
         Outcome::Success { status, output } => Decision::Success { status, output },
         Outcome::Fail(failure) => Decision::DeadLetter(failure),
-        // Never counted against the budget, never exhausted: the first tier that covers the wait,
-        // stretched by a share of the hold's window drawn from the jitter (never shortened): the
+        // Never counted against the budget, never exhausted: a tier that suits the wait
+        // ([`hold_delay`]), stretched by a share of the hold's window drawn from the jitter (never shortened): the
         // actions held for one rate-limit window all wait for the same instant, and must not all
         // come back at it.
         Outcome::Held(hold) => {
@@ -68,7 +68,7 @@ pub fn decide(
                 0.0
             };
             let wait = hold.wait + hold.spread_over.mul_f64(spread);
-            let delay = compute_delay(policy.schedule, policy.jitter, 0, Some(wait), draw);
+            let delay = hold_delay(policy.schedule, policy.jitter, wait);
             Decision::Hold { hold, delay }
         }
         Outcome::Retry(failure) if attempts.retries as usize >= policy.schedule.len() => {
@@ -179,18 +179,19 @@ mod tests {
         };
         let held = |secs| held_in(secs, secs);
         let cases: Vec<(Outcome, Attempts, f64, &str)> = vec![
-            // A held action waits in the tier covering the wait, whatever its counters: even
+            // A held action waits in a tier that suits the wait, whatever its counters: even
             // past the last tier it is never exhausted (waiting is not failing).
             (held(30), at(0, 0), 0.0, "hold 30s 30s"),
-            (held(1), at(6, 3), 0.0, "hold 5s 5s"),
+            (held(1), at(6, 3), 0.0, "hold 5s 1s"),
             (held(90), at(6, 3), 0.0, "hold 2m 90s"),
+            (held(45), at(0, 0), 0.0, "hold 30s 36s"),
             // Spread after the wait, never before it, whichever way the draw goes.
-            (held(30), at(0, 0), 0.2, "hold 2m 45s"),
-            (held(30), at(0, 0), -0.1, "hold 2m 37.5s"),
+            (held_in(20, 20), at(0, 0), 0.2, "hold 30s 30s"),
+            (held_in(20, 20), at(0, 0), -0.1, "hold 30s 25s"),
             // Spread over the hold's whole window: one held near the end of a 30 s cool-down
             // comes back anywhere in the 15 s after it, not at its end with all the others.
             (held_in(1, 30), at(0, 0), 0.2, "hold 30s 16s"),
-            (held_in(1, 30), at(0, 0), 0.1, "hold 30s 8.5s"),
+            (held_in(1, 30), at(0, 0), 0.15, "hold 30s 12.25s"),
             (success(), at(1, 0), 0.0, "success 201"),
             (success(), at(9, 3), 0.0, "success 201"),
             // The first broker retry waits in the first tier, jittered within it.

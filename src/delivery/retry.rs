@@ -82,6 +82,33 @@ pub fn compute_delay(
         expiration,
     }
 }
+/// Where a held action waits for `wait` (SPEC §10). A tier's queue releases its messages in
+/// order, so one whose own expiration is shorter than the head's waits for the head: a 40 s hold in
+/// the `2m` tier came back after up to 144 s, behind the retries there. A hold goes to the largest
+/// tier not longer than the wait that holds at least half of it, and comes back at the wait or at
+/// the tier's end, whichever is first; back early, the worker holds it again for what is left of
+/// its destination's hold (or calls at once if that has ended), so a hold makes at most a few
+/// trips. A wait no such tier suits takes the smallest tier that holds it whole, as a retry's
+/// `Retry-After` does; one longer than every tier takes the largest, to its end.
+pub fn hold_delay(schedule: &[Duration], jitter: f64, wait: Duration) -> Delay {
+    let ttl = |d: Duration| d.mul_f64(1.0 + jitter);
+    let tiers = || schedule.iter().copied();
+    let (tier, expiration) =
+        if let Some(tier) = tiers().filter(|d| *d <= wait && ttl(*d) * 2 >= wait).max() {
+            (tier, wait.min(ttl(tier)))
+        } else if let Some(tier) = tiers().filter(|d| ttl(*d) >= wait).min() {
+            (tier, wait)
+        } else if let Some(largest) = tiers().max() {
+            (largest, ttl(largest))
+        } else {
+            (Duration::ZERO, Duration::ZERO)
+        };
+    Delay {
+        tier: format_delay(tier),
+        expiration,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +139,31 @@ mod tests {
             assert_eq!(d.tier, *tier, "{retry} {after:?} {factor}");
             assert_eq!(d.expiration, *expiration, "{retry} {after:?} {factor}");
         }
+    }
+
+    #[test]
+    fn a_hold_waits_in_the_largest_tier_not_longer_than_the_wait() {
+        let schedule = [s(5), s(30), s(120), s(600)];
+        let cases: &[(Duration, &str, Duration)] = &[
+            // Shorter than every tier: the smallest, for the wait itself.
+            (s(3), "5s", s(3)),
+            (s(5), "5s", s(5)),
+            // A tier that holds half of it: to the tier's end, then held again.
+            (s(10), "5s", s(6)),
+            (s(40), "30s", s(36)),
+            // Within a tier's jitter allowance: that tier, for the wait.
+            (s(35), "30s", s(35)),
+            // No tier holds half of it: the one that holds it whole.
+            (s(20), "30s", s(20)),
+            (s(100), "2m", s(100)),
+            // Longer than every tier: the largest, to its end, then held again.
+            (s(3600), "10m", s(720)),
+        ];
+        for (wait, tier, expiration) in cases {
+            let d = hold_delay(&schedule, 0.2, *wait);
+            assert_eq!(d.tier, *tier, "{wait:?}");
+            assert_eq!(d.expiration, *expiration, "{wait:?}");
+        }
+        assert_eq!(hold_delay(&[], 0.2, s(10)).expiration, Duration::ZERO);
     }
 }
