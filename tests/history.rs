@@ -480,6 +480,61 @@ async fn runs_says_how_to_turn_history_on() {
     }
 }
 
+/// Whether the connection `history::connect` opens to `url` is encrypted (PostgreSQL's own view),
+/// or why it could not be opened.
+async fn encrypted(url: &str) -> Result<bool, String> {
+    let client = switchyard::history::connect(url)
+        .await
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+/// `history.url` speaks TLS as psql does (managed PostgreSQL refuses plain connections): when the
+/// server offers it, always with `require`, with the certificate checked against `sslrootcert`
+/// for `verify-ca` (its issuer) and `verify-full` (its issuer and the host). A private server
+/// whose certificate a test CA issued for 127.0.0.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_connects_over_tls_as_libpq_does() {
+    let cluster = support::pg::PrivateCluster::start_with_tls();
+    let url = cluster.url();
+    let ca = cluster.ca().display().to_string();
+    let other = cluster.other_ca().display().to_string();
+    assert_eq!(
+        encrypted(&format!("{url}?sslmode=disable")).await,
+        Ok(false)
+    );
+    assert_eq!(encrypted(&url).await, Ok(true), "prefer, the default");
+    assert_eq!(encrypted(&format!("{url}?sslmode=require")).await, Ok(true));
+    for mode in ["verify-ca", "verify-full"] {
+        assert_eq!(
+            encrypted(&format!("{url}?sslmode={mode}&sslrootcert={ca}")).await,
+            Ok(true),
+            "{mode}"
+        );
+        let refused = encrypted(&format!("{url}?sslmode={mode}&sslrootcert={other}"))
+            .await
+            .expect_err("a server whose certificate another CA issued");
+        assert!(refused.contains("UnknownIssuer"), "{mode}: {refused}");
+        assert!(!refused.contains("history-test"), "the password: {refused}");
+    }
+    // By name: the certificate is for 127.0.0.1, not for `localhost` (reached at 127.0.0.1).
+    let by_name = url.replacen("@127.0.0.1:", "@localhost:", 1);
+    let by_name =
+        |mode: &str| format!("{by_name}?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={ca}");
+    let refused = encrypted(&by_name("verify-full"))
+        .await
+        .expect_err("a certificate for another name");
+    assert!(refused.contains("NotValidForName"), "{refused}");
+    assert_eq!(encrypted(&by_name("verify-ca")).await, Ok(true));
+}
+
 /// PostgreSQL dies mid-stream (a private server: the shared one is never touched). Delivery goes
 /// on at full speed and nothing is lost from the broker's side; history buffers what it can,
 /// drops and counts the rest, and resumes by itself when the server is back. Every row is either

@@ -15,6 +15,7 @@
 pub mod query;
 pub mod record;
 pub mod schema;
+pub mod tls;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -56,11 +57,14 @@ pub enum HistoryError {
     /// `history.url` names a secret that does not exist.
     #[error("history.url: {0}")]
     Url(String),
+    /// `sslmode`/`sslrootcert` in `history.url` cannot be used ([`tls`]).
+    #[error("{0}")]
+    Tls(String),
     /// PostgreSQL could not be reached, or refused the login.
-    #[error("connecting to PostgreSQL: {0}")]
+    #[error("connecting to PostgreSQL: {}", why(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// A query failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", why(source))]
     Query {
         /// What was being done.
         what: &'static str,
@@ -81,14 +85,30 @@ pub enum HistoryError {
     },
 }
 
+/// A PostgreSQL error with its causes. tokio-postgres says only "db error" or "error performing
+/// TLS handshake", and keeps the why (the server's message, the certificate's fault) in its
+/// sources: a log line or a command's error must carry it.
+pub fn why(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Replaces every `{{ secrets.NAME }}` in `url` with the secret's value.
 pub fn resolve_url(url: &str, secrets: &HashMap<String, String>) -> Result<String, HistoryError> {
     crate::secrets::resolve(url, secrets).map_err(HistoryError::Url)
 }
 
-/// Opens one connection; its I/O runs on a spawned task until the client is dropped.
+/// Opens one connection, over TLS as `sslmode` says ([`tls`]); its I/O runs on a spawned task
+/// until the client is dropped.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, HistoryError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let target = tls::target(url)?;
+    let (client, connection) = tokio_postgres::connect(&target.url, target.tls)
         .await
         .map_err(HistoryError::Connect)?;
     // tokio-postgres drives the socket on this task. A panic in it is logged rather than

@@ -91,6 +91,8 @@ pub struct PrivateCluster {
     pub port: u16,
     /// `pg_ctl` of the installed version.
     pg_ctl: std::path::PathBuf,
+    /// It speaks TLS with a certificate of [`PrivateCluster::ca`], for 127.0.0.1 only.
+    tls: bool,
 }
 
 /// The password of the role a private cluster creates.
@@ -99,6 +101,16 @@ const PRIVATE_PASSWORD: &str = "history-test";
 impl PrivateCluster {
     /// Initialises and starts a cluster; panics with what to install if it cannot.
     pub fn start() -> PrivateCluster {
+        PrivateCluster::start_with(false)
+    }
+
+    /// One that speaks TLS: its certificate is issued by a test CA ([`PrivateCluster::ca`]) for
+    /// the address 127.0.0.1 and no name; [`PrivateCluster::other_ca`] issued nothing it uses.
+    pub fn start_with_tls() -> PrivateCluster {
+        PrivateCluster::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PrivateCluster {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect(
                 "PostgreSQL server binaries in /usr/lib/postgresql (apt-get install postgresql)",
@@ -118,6 +130,9 @@ impl PrivateCluster {
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PRIVATE_PASSWORD).expect("password file");
+        if tls {
+            make_certificates(dir.path());
+        }
         chown_postgres(dir.path());
         let initdb = bin.join("initdb");
         run_as_postgres(&[
@@ -136,6 +151,7 @@ impl PrivateCluster {
             port: super::free_port(),
             pg_ctl: bin.join("pg_ctl"),
             dir,
+            tls,
         };
         cluster.resume();
         cluster
@@ -147,6 +163,16 @@ impl PrivateCluster {
             "postgres://switchyard_test:{PRIVATE_PASSWORD}@127.0.0.1:{}/postgres",
             self.port
         )
+    }
+
+    /// The PEM file of the CA that issued the server's certificate (with [`Self::start_with_tls`]).
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The PEM file of a CA that issued nothing the server uses.
+    pub fn other_ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("other.crt")
     }
 
     /// Stops the server at once (`-m immediate`: as if it crashed).
@@ -164,11 +190,17 @@ impl PrivateCluster {
 
     /// Starts (or restarts) the server and waits until it accepts connections.
     pub fn resume(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+        }
         let log = self.dir.path().join("server.log");
         run_as_postgres(&[
             self.pg_ctl.to_str().expect("utf-8"),
@@ -197,6 +229,80 @@ impl Drop for PrivateCluster {
         )
         .output();
     }
+}
+
+/// A test CA, a server certificate it issued for IP 127.0.0.1 (key mode 0600, as PostgreSQL
+/// wants), and another CA, with the `openssl` command (Debian's PostgreSQL depends on it).
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (name, subject) in [
+        ("ca", "/CN=switchyard test CA"),
+        ("other", "/CN=someone else"),
+    ] {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        let mut args = vec![
+            "req", "-x509", "-days", "2", "-subj", subject, "-keyout", &key, "-out", &crt,
+        ];
+        args.extend(ec);
+        openssl(&args);
+    }
+    let mut args = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
+    args.extend(ec);
+    openssl(&args);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod server.key");
 }
 
 /// Whether this process runs as root.
