@@ -480,6 +480,27 @@ async fn runs_says_how_to_turn_history_on() {
     }
 }
 
+/// `runs` against a database (here: a schema) no service has written history into says so, and
+/// where to look, instead of PostgreSQL's bare "relation does not exist".
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_says_when_the_database_has_no_history() {
+    let schema = Schema::create("empty").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("empty.yaml");
+    let yaml = support::test_config_yaml("t-empty", dir.path(), &schema.config());
+    std::fs::write(&path, yaml).expect("write");
+    for args in [&["list"][..], &["show", "act_x"]] {
+        let ran = runs(&path, args).await;
+        assert_eq!(ran.code, Some(2), "{ran:?}");
+        assert!(
+            ran.stderr.contains("no run history in this database")
+                && ran.stderr.contains("history_attempts"),
+            "{ran:?}"
+        );
+    }
+    schema.drop_now().await;
+}
+
 /// Whether the connection `history::connect` opens to `url` is encrypted (PostgreSQL's own view),
 /// or why it could not be opened.
 async fn encrypted(url: &str) -> Result<bool, String> {

@@ -72,6 +72,12 @@ pub enum HistoryError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The database has no history tables: nothing has written history there yet.
+    #[error(
+        "no run history in this database: a switchyard service creates its tables when it starts with this history.url (another database, or another search_path?); {}",
+        why(.0)
+    )]
+    NoTables(#[source] tokio_postgres::Error),
     /// The schema could not be set up.
     #[error(transparent)]
     Schema(#[from] schema::SchemaError),

@@ -124,7 +124,13 @@ impl RunSummary {
 const ATTEMPT_COLUMNS: &str = "action_id, event_id, event_type, workspace, workflow, webhook, action, connector, destination, contact_email, contact_id, attempt, trigger, started_at, duration_ms, outcome, error_class, http_status, reason, response_excerpt, trace_id, steps";
 
 fn failed(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> HistoryError {
-    move |source| HistoryError::Query { what, source }
+    move |source| {
+        if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            HistoryError::NoTables(source)
+        } else {
+            HistoryError::Query { what, source }
+        }
+    }
 }
 
 /// Query parameters, numbered as they are pushed.
