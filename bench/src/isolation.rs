@@ -109,6 +109,7 @@ struct Figures {
 /// Runs the three scenarios and prints the comparison.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let mut rate = args.latency_rate;
+    let mut rounds = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let mut runs = Vec::new();
         for bad in [Bad::Healthy, Bad::Hang, Bad::Throttle] {
@@ -122,8 +123,53 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
             runs.push(figures);
         }
         print!("{}", table(args, &runs));
+        rounds.push(runs);
+    }
+    if rounds.len() > 1 {
+        print!("{}", over_rounds(&rounds));
     }
     Ok(())
+}
+
+/// Each bad run against its own round's all-healthy run, round by round, and the targets on the
+/// medians: one round's baseline can catch a burst that flatters or sinks the whole round.
+fn over_rounds(rounds: &[Vec<Figures>]) -> String {
+    let mut out = format!(
+        "\nover {} rounds, each bad run against its own round's all-healthy run:\n",
+        rounds.len()
+    );
+    for (i, bad) in [Bad::Hang, Bad::Throttle].into_iter().enumerate() {
+        let ratios = |figure: fn(&Figures) -> f64| -> Vec<f64> {
+            rounds
+                .iter()
+                .filter_map(|runs| Some(figure(runs.get(i + 1)?) / figure(runs.first()?) * 100.0))
+                .collect()
+        };
+        let throughput = ratios(|f| f.throughput);
+        let p99 = ratios(|f| f.p99_ms);
+        let list = |values: &[f64]| {
+            values
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (Some(t), Some(p)) = (
+            crate::report::median(throughput.clone()),
+            crate::report::median(p99.clone()),
+        ) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "{}: throughput {} % → median {t:.1} % (target ≥ 90 %: {}); p99 {} % → median {p:.1} % (target ≤ 110 %: {})\n",
+            bad.describe(),
+            list(&throughput),
+            if t >= 90.0 { "PASS" } else { "MISS" },
+            list(&p99),
+            if p <= 110.0 { "PASS" } else { "MISS" },
+        ));
+    }
+    out
 }
 
 /// Starts a phase on a broker at rest, on a fresh quorum write-ahead log (as `make bench` does:

@@ -649,10 +649,6 @@ impl HistoryPair {
                 ),
             );
         }
-        let median = |mut values: Vec<f64>| {
-            values.sort_by(f64::total_cmp);
-            values.get(values.len() / 2).copied()
-        };
         let ratio = median(pairs.iter().map(HistoryPair::ratio_pct).collect());
         let added = median(pairs.iter().map(HistoryPair::added_cpu_ms).collect());
         let paced: Vec<f64> = pairs
@@ -680,5 +676,26 @@ impl HistoryPair {
             );
         }
         out
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count); `None` for none.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => values.get(n / 2).copied(),
+        _ => Some((values.get(n / 2 - 1)? + values.get(n / 2)?) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(super::median(vec![]), None);
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }
