@@ -242,6 +242,61 @@ async fn retry_after_holds_the_whole_destination_until_then() {
     h.finish().await;
 }
 
+/// A hold longer than the tier it waits in (a tier's queue releases in order, so a hold never
+/// waits in one whose retries wait far longer than it does): back at the tier's end while the
+/// destination is still held, it is held again for the rest, uncalled and uncounted, and called
+/// once the window is over. Retry-After: 10 and a 6s tier: back after 6 s,
+/// held again for the 4 s left, called after 10 s. No jitter, so no spread: every wait is the
+/// window's rest, and every action is held exactly twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_longer_than_its_tier_is_held_again_until_the_window_ends() {
+    let throttled = Arc::new(AtomicBool::new(true));
+    let first = throttled.clone();
+    let api = FakeServer::start(move |_| {
+        if first.swap(false, Ordering::SeqCst) {
+            Reply {
+                headers: vec![("retry-after".into(), "10".into())],
+                ..Reply::text(429, "rate limited")
+            }
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    const LATER: u64 = 10;
+    let h = Harness::start(
+        "dest-rehold",
+        &fanout(&[("api", &api)]),
+        "retry: { schedule: [6s, 60s], jitter: 0 }",
+        &[],
+    )
+    .await;
+    publish_events(&h, "first", 1).await;
+    wait_until("the 429", async || api.count() == 1).await;
+    publish_events(&h, "later", LATER as usize).await;
+    wait_until("every action delivered", async || {
+        api.count() == 2 + LATER as usize
+    })
+    .await;
+    let requests = api.requests();
+    let refused_at = requests[0].at;
+    for r in &requests[1..] {
+        let after = r.at.duration_since(refused_at);
+        assert!(
+            after >= Duration::from_millis(9900),
+            "a call went {after:?} after Retry-After: 10"
+        );
+    }
+    let seen = status(&h, &destination(&api)).expect("known");
+    // Held in the 6s tier for its end, back while the window had 4 s left, held again.
+    assert!(
+        seen.holds >= 2 * LATER,
+        "the actions back before the window's end were held again: {seen:?}"
+    );
+    assert_eq!(h.broker.queue_len(&h.name("dead-letter")).await, 0);
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_without_a_success_quarantines_until_resumed() {
     let healthy = Arc::new(AtomicBool::new(false));
