@@ -204,21 +204,25 @@ async fn an_open_breaker_holds_actions_without_using_attempts_until_a_probe_succ
     h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retry_after_holds_the_whole_destination_until_then() {
+/// A remote that answers its first call 429 with `Retry-After: retry_after`, then 200.
+async fn throttled_once(retry_after: &'static str) -> FakeServer {
     let throttled = Arc::new(AtomicBool::new(true));
-    let first = throttled.clone();
-    let api = FakeServer::start(move |_| {
-        if first.swap(false, Ordering::SeqCst) {
+    FakeServer::start(move |_| {
+        if throttled.swap(false, Ordering::SeqCst) {
             Reply {
-                headers: vec![("retry-after".into(), "3".into())],
+                headers: vec![("retry-after".into(), retry_after.into())],
                 ..Reply::text(429, "rate limited")
             }
         } else {
             Reply::status(200)
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_holds_the_whole_destination_until_then() {
+    let api = throttled_once("3").await;
     let h = Harness::start("dest-429", &fanout(&[("api", &api)]), "", &[]).await;
     publish_events(&h, "first", 1).await;
     wait_until("the 429", async || api.count() == 1).await;
@@ -250,19 +254,7 @@ async fn retry_after_holds_the_whole_destination_until_then() {
 /// window's rest, and every action is held exactly twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_longer_than_its_tier_is_held_again_until_the_window_ends() {
-    let throttled = Arc::new(AtomicBool::new(true));
-    let first = throttled.clone();
-    let api = FakeServer::start(move |_| {
-        if first.swap(false, Ordering::SeqCst) {
-            Reply {
-                headers: vec![("retry-after".into(), "10".into())],
-                ..Reply::text(429, "rate limited")
-            }
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let api = throttled_once("10").await;
     const LATER: u64 = 10;
     let h = Harness::start(
         "dest-rehold",
