@@ -377,6 +377,20 @@ impl Metrics {
     }
 }
 
+/// An error and its sources, one after the other, for a log line or a command's message: some
+/// crates' own text does not say why (reqwest: "error sending request"; tokio-postgres: "db
+/// error", "error performing TLS handshake") and keep the cause in their sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -554,6 +554,19 @@ async fn history_connects_over_tls_as_libpq_does() {
         .expect_err("a certificate for another name");
     assert!(refused.contains("NotValidForName"), "{refused}");
     assert_eq!(encrypted(&by_name("verify-ca")).await, Ok(true));
+    // A mode that cannot be used is a configuration error (exit 1), not an unreachable server.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tls.yaml");
+    let history = format!("history: {{ url: \"{url}?sslmode=verify-ca\" }}");
+    let yaml = support::test_config_yaml("t-tls", dir.path(), &history);
+    std::fs::write(&path, yaml).expect("write");
+    let ran = runs(&path, &["list"]).await;
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("sslrootcert"), "{ran:?}");
+    assert!(
+        !ran.stderr.contains("history-test"),
+        "the password: {ran:?}"
+    );
 }
 
 /// PostgreSQL dies mid-stream (a private server: the shared one is never touched). Delivery goes

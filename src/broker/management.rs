@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
+use crate::telemetry::error_chain;
+
 /// How long one request to the management API may take: `topology` must not hang on it.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -48,7 +50,7 @@ impl Placement {
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
     /// No answer: the plugin is off, the port is closed, or the request timed out.
-    #[error("management API not reachable at {url}: {}", chain(.source))]
+    #[error("management API not reachable at {url}: {}", error_chain(.source))]
     Unreachable {
         /// The API's base URL (no credentials).
         url: String,
@@ -64,18 +66,6 @@ pub enum ManagementError {
         /// The HTTP status (401: the user may not read it; 404: no such queue).
         status: reqwest::StatusCode,
     },
-}
-
-/// An error and its sources, one after the other (reqwest's own text does not say why).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Checks `amqp.management_url`.
@@ -131,7 +121,7 @@ impl Management {
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         Ok(Management {
             base,
             user,

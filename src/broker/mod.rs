@@ -187,7 +187,7 @@ impl Topology {
 
     /// The tier queue TTL: the delay plus the jitter allowance, so no message waits longer.
     pub fn tier_ttl(&self, delay: Duration) -> Duration {
-        delay.mul_f64(1.0 + self.jitter)
+        crate::delivery::retry::tier_ttl(delay, self.jitter)
     }
 
     /// Every queue name, for depth gauges.

@@ -58,9 +58,9 @@ pub fn decide(
         Outcome::Success { status, output } => Decision::Success { status, output },
         Outcome::Fail(failure) => Decision::DeadLetter(failure),
         // Never counted against the budget, never exhausted: a tier that suits the wait
-        // ([`hold_delay`]), stretched by a share of the hold's window drawn from the jitter (never shortened): the
-        // actions held for one rate-limit window all wait for the same instant, and must not all
-        // come back at it.
+        // ([`hold_delay`]), stretched by a share of the hold's window drawn from the jitter
+        // (never shortened): the actions held for one rate-limit window all wait for the same
+        // instant, and must not all come back at it.
         Outcome::Held(hold) => {
             let spread = if policy.jitter > 0.0 {
                 draw.abs() / policy.jitter * HOLD_SPREAD

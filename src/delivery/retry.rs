@@ -63,46 +63,56 @@ pub fn compute_delay(
             expiration: Duration::ZERO,
         };
     };
-    let ttl = |d: Duration| d.mul_f64(1.0 + jitter);
     let mut expiration = nominal.mul_f64(1.0 + factor);
     let mut tier = nominal;
-    if let Some(wanted) = retry_after.filter(|w| *w > expiration) {
-        // Stretch: the smallest tier that can hold the wait, capped at the largest tier.
-        let largest = schedule.iter().copied().max().unwrap_or(nominal);
-        tier = schedule
-            .iter()
-            .copied()
-            .filter(|d| ttl(*d) >= wanted)
-            .min()
-            .unwrap_or(largest);
-        expiration = wanted.min(ttl(tier));
+    // Stretch: the tier that holds the remote's wait.
+    if let Some(wanted) = retry_after.filter(|w| *w > expiration)
+        && let Some((stretched, until)) = holding(schedule, jitter, wanted)
+    {
+        tier = stretched;
+        expiration = until;
     }
     Delay {
         tier: format_delay(tier),
         expiration,
     }
 }
+
+/// A tier queue's TTL: its delay stretched by the jitter allowance, so that no message in it
+/// waits longer than the queue lets it ([`crate::broker::Topology::tier_ttl`] declares it so).
+pub fn tier_ttl(tier: Duration, jitter: f64) -> Duration {
+    tier.mul_f64(1.0 + jitter)
+}
+
+/// The smallest tier that holds a wait of `wanted` whole, or the largest when none does, with
+/// the message's expiration there; `None` without tiers.
+fn holding(schedule: &[Duration], jitter: f64, wanted: Duration) -> Option<(Duration, Duration)> {
+    let tier = schedule
+        .iter()
+        .copied()
+        .filter(|d| tier_ttl(*d, jitter) >= wanted)
+        .min()
+        .or_else(|| schedule.iter().copied().max())?;
+    Some((tier, wanted.min(tier_ttl(tier, jitter))))
+}
+
 /// Where a held action waits for `wait` (SPEC §10). A tier's queue releases its messages in
-/// order, so one whose own expiration is shorter than the head's waits for the head: a 40 s hold in
-/// the `2m` tier came back after up to 144 s, behind the retries there. A hold goes to the largest
-/// tier not longer than the wait that holds at least half of it, and comes back at the wait or at
-/// the tier's end, whichever is first; back early, the worker holds it again for what is left of
-/// its destination's hold (or calls at once if that has ended), so a hold makes at most a few
-/// trips. A wait no such tier suits takes the smallest tier that holds it whole, as a retry's
-/// `Retry-After` does; one longer than every tier takes the largest, to its end.
+/// order, so one whose own expiration is shorter than the head's waits for the head: a 40 s hold
+/// in the `2m` tier came back after up to 144 s, behind the retries there. A hold goes to the
+/// largest tier not longer than the wait that holds at least half of it, and comes back at the
+/// wait or at the tier's end, whichever is first; back early, the worker holds it again for what
+/// is left of its destination's hold (or calls at once if that has ended), so a hold makes at
+/// most a few trips. A wait no such tier suits takes the tier that holds it whole, as a retry's
+/// `Retry-After` does ([`holding`]).
 pub fn hold_delay(schedule: &[Duration], jitter: f64, wait: Duration) -> Delay {
-    let ttl = |d: Duration| d.mul_f64(1.0 + jitter);
-    let tiers = || schedule.iter().copied();
-    let (tier, expiration) =
-        if let Some(tier) = tiers().filter(|d| *d <= wait && ttl(*d) * 2 >= wait).max() {
-            (tier, wait.min(ttl(tier)))
-        } else if let Some(tier) = tiers().filter(|d| ttl(*d) >= wait).min() {
-            (tier, wait)
-        } else if let Some(largest) = tiers().max() {
-            (largest, ttl(largest))
-        } else {
-            (Duration::ZERO, Duration::ZERO)
-        };
+    let (tier, expiration) = schedule
+        .iter()
+        .copied()
+        .filter(|d| *d <= wait && tier_ttl(*d, jitter) * 2 >= wait)
+        .max()
+        .map(|tier| (tier, wait.min(tier_ttl(tier, jitter))))
+        .or_else(|| holding(schedule, jitter, wait))
+        .unwrap_or_default();
     Delay {
         tier: format_delay(tier),
         expiration,

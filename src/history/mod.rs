@@ -31,7 +31,7 @@ use tracing::warn;
 
 use crate::config::HistoryConfig;
 use crate::faults::Faults;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, error_chain};
 pub use record::{Attempt, EventRecord, RunOutcome, Trigger};
 
 /// One row on its way to PostgreSQL.
@@ -54,17 +54,15 @@ pub enum HistoryError {
         "run history is off: set history.url (or SWITCHYARD__HISTORY__URL) to a postgres:// URL, e.g. postgres://switchyard:switchyard@127.0.0.1:5432/switchyard (`make postgres` creates that database)"
     )]
     Off,
-    /// `history.url` names a secret that does not exist.
+    /// `history.url` cannot be used: it names a secret that does not exist, or its
+    /// `sslmode`/`sslrootcert` ([`tls`]) are not ones it can use.
     #[error("history.url: {0}")]
     Url(String),
-    /// `sslmode`/`sslrootcert` in `history.url` cannot be used ([`tls`]).
-    #[error("{0}")]
-    Tls(String),
     /// PostgreSQL could not be reached, or refused the login.
-    #[error("connecting to PostgreSQL: {}", why(.0))]
+    #[error("connecting to PostgreSQL: {}", error_chain(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// A query failed.
-    #[error("{what}: {}", why(source))]
+    #[error("{what}: {}", error_chain(source))]
     Query {
         /// What was being done.
         what: &'static str,
@@ -75,7 +73,7 @@ pub enum HistoryError {
     /// The database has no history tables: nothing has written history there yet.
     #[error(
         "no run history in this database: a switchyard service creates its tables when it starts with this history.url (another database, or another search_path?); {}",
-        why(.0)
+        error_chain(.0)
     )]
     NoTables(#[source] tokio_postgres::Error),
     /// The schema could not be set up.
@@ -89,20 +87,6 @@ pub enum HistoryError {
         /// The value.
         value: String,
     },
-}
-
-/// A PostgreSQL error with its causes. tokio-postgres says only "db error" or "error performing
-/// TLS handshake", and keeps the why (the server's message, the certificate's fault) in its
-/// sources: a log line or a command's error must carry it.
-pub fn why(e: &tokio_postgres::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Replaces every `{{ secrets.NAME }}` in `url` with the secret's value.

@@ -105,7 +105,7 @@ pub const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
 /// Why the schema could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {}", super::why(source))]
+#[error("{what}: {}", crate::telemetry::error_chain(source))]
 pub struct SchemaError {
     /// What was being done.
     what: String,

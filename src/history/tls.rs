@@ -71,15 +71,14 @@ pub fn target(url: &str) -> Result<Target, HistoryError> {
         (_, true) => Check::Issuer,
         _ => Check::Nothing,
     };
-    let sent_mode = match mode.as_deref() {
-        Some("verify-full" | "verify-ca") => Some("require"),
-        Some(other) => Some(other),
-        None => None,
-    };
+    let sent_mode = mode.as_deref().map(|mode| match mode {
+        "verify-full" | "verify-ca" => "require",
+        other => other,
+    });
     if let Some(mode) = sent_mode {
         if !matches!(mode, "disable" | "prefer" | "require") {
-            return Err(HistoryError::Tls(format!(
-                "history.url: sslmode={mode} is not one of disable, prefer, require, verify-ca, verify-full"
+            return Err(HistoryError::Url(format!(
+                "sslmode={mode} is not one of disable, prefer, require, verify-ca, verify-full"
             )));
         }
         kept.push(format!("sslmode={mode}"));
@@ -88,8 +87,8 @@ pub fn target(url: &str) -> Result<Target, HistoryError> {
         (_, Check::Nothing) => None,
         (Some(root), _) => Some(roots(root)?),
         (None, _) => {
-            return Err(HistoryError::Tls(
-                "history.url: sslmode=verify-ca and verify-full need sslrootcert=PATH (a PEM file of the certificates to trust) or sslrootcert=system".into(),
+            return Err(HistoryError::Url(
+                "sslmode=verify-ca and verify-full need sslrootcert=PATH (a PEM file of the certificates to trust) or sslrootcert=system".into(),
             ));
         }
     };
@@ -106,26 +105,9 @@ pub fn target(url: &str) -> Result<Target, HistoryError> {
 
 /// `%XX` escapes decoded (a path in a URL may carry them).
 fn decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The trusted certificates of `sslrootcert`.
@@ -135,9 +117,8 @@ fn roots(root: &str) -> Result<RootCertStore, HistoryError> {
         store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         return Ok(store);
     }
-    let unreadable = |e: &dyn std::fmt::Display| {
-        HistoryError::Tls(format!("history.url: sslrootcert {root}: {e}"))
-    };
+    let unreadable =
+        |e: &dyn std::fmt::Display| HistoryError::Url(format!("sslrootcert {root}: {e}"));
     let certs = CertificateDer::pem_file_iter(root)
         .map_err(|e| unreadable(&e))?
         .collect::<Result<Vec<_>, _>>()
@@ -156,13 +137,13 @@ fn client_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| HistoryError::Tls(format!("TLS set-up: {e}")))?;
+        .map_err(|e| HistoryError::Url(format!("TLS set-up: {e}")))?;
     let issuers = match (check, roots) {
         (Check::Nothing, _) | (_, None) => None,
         (_, Some(roots)) => Some(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| HistoryError::Tls(format!("history.url: sslrootcert: {e}")))?,
+                .map_err(|e| HistoryError::Url(format!("sslrootcert: {e}")))?,
         ),
     };
     Ok(builder
