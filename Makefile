@@ -16,6 +16,8 @@ EVENT        ?= examples/events/data-captured.json
 TEST_ARGS    ?=
 BENCH_ARGS   ?=
 PUBLISH_ARGS ?=
+# Where `make test` builds what tests/quickstart.rs runs (`make run`, `make sink`, `make publish`).
+QUICKSTART_TARGET ?= target/quickstart
 # `make fuzz`: seconds per fuzz target.
 FUZZ_SECONDS ?= 600
 # `make lint` checks that no two modules import each other with cargo-modules (installed if missing).
@@ -105,13 +107,13 @@ run: rabbitmq postgres ## Run the service against the local broker with config/s
 	@echo "console: http://$${SWITCHYARD__CONSOLE__LISTEN:-$(CONSOLE_LISTEN)}  token: $${SWITCHYARD_SECRET_CONSOLE_DEMO:-$(CONSOLE_TOKEN)}"
 	SWITCHYARD__CONSOLE__LISTEN="$${SWITCHYARD__CONSOLE__LISTEN:-$(CONSOLE_LISTEN)}" \
 	SWITCHYARD_SECRET_CONSOLE_DEMO="$${SWITCHYARD_SECRET_CONSOLE_DEMO:-$(CONSOLE_TOKEN)}" \
-	$(CARGO) run --release --bin switchyard -- run --config $(CONFIG)
+	$(CARGO) run --bin switchyard -- run --config $(CONFIG)
 
 sink: ## Run the demo sink on 127.0.0.1:8080 (prints every request it receives; SINK_LISTEN= to move it)
-	$(CARGO) run --release --example sink
+	$(CARGO) run --example sink
 
 publish: ## Publish the example event (examples/events/data-captured.json)
-	$(CARGO) run --release --bin switchyard -- publish --config $(CONFIG) --event $(EVENT) $(PUBLISH_ARGS)
+	$(CARGO) run --bin switchyard -- publish --config $(CONFIG) --event $(EVENT) $(PUBLISH_ARGS)
 
 # Two steps: the suite, then the ignored tests alone and one at a time. The ignored ones restart the
 # shared broker (tests/broker_restart.rs) or start a three-node cluster of their own beside it
@@ -119,11 +121,13 @@ publish: ## Publish the example event (examples/events/data-captured.json)
 test: rabbitmq postgres browser ## Check the alert rules, the Helm chart and the Dockerfile, run all tests (nextest when installed), then the broker-restart, alarm and cluster tests one at a time
 	bash deploy/prometheus/install.sh
 	bash deploy/prometheus/check.sh
-	bash helm/check.sh
+	@# tests/quickstart.rs runs `make run`, `make sink` and `make publish` with their builds in
+	@# $(QUICKSTART_TARGET): `cargo run --bin switchyard` builds without the dev-dependencies' features,
+	@# so in target/ it would swap target/debug/switchyard, which the other tests run, mid-suite. The
+	@# Helm check runs that same build, so it is made once, here.
+	CARGO_TARGET_DIR=$(QUICKSTART_TARGET) bash helm/check.sh
 	bash deploy/docker-check.sh
-	@# tests/quickstart.rs runs `make run`, `make sink` and `make publish`, which use the release builds.
-	$(CARGO) build --release --bin switchyard
-	$(CARGO) build --release --example sink
+	CARGO_TARGET_DIR=$(QUICKSTART_TARGET) $(CARGO) build --example sink
 	@set -e; if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "+ $(CARGO) nextest run --all-targets $(TEST_ARGS)"; \
 		$(CARGO) nextest run --all-targets $(TEST_ARGS); \
@@ -143,7 +147,7 @@ test-cluster: rabbitmq ## The broker-cluster failover test alone (make test runs
 
 # The bench (bench/, its own workspace member) runs the `switchyard` binary next to its own as a child
 # process, so both must be built; with the `dist` profile (Cargo.toml), what the image ships.
-# BENCH_PROFILE=release measures the quick start's build instead.
+# BENCH_PROFILE=release measures `cargo build --release`'s build instead.
 BENCH_PROFILE ?= dist
 BENCH_BUILD = $(CARGO) build --profile $(BENCH_PROFILE) --bin switchyard && $(CARGO) build --profile $(BENCH_PROFILE) -p switchyard-bench
 BENCH = ./target/$(BENCH_PROFILE)/switchyard-bench
@@ -183,10 +187,10 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 validate: ## Check config/switchyard.yaml and every workflow
-	$(CARGO) run --release --bin switchyard -- validate --config $(CONFIG)
+	$(CARGO) run --bin switchyard -- validate --config $(CONFIG)
 
 topology: rabbitmq ## Declare the exchanges and queues on the local broker and print them
-	$(CARGO) run --release --bin switchyard -- topology --config $(CONFIG)
+	$(CARGO) run --bin switchyard -- topology --config $(CONFIG)
 
 # cargo-fuzz needs nightly-only flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Each target
 # starts from its committed seeds (fuzz/corpus/<target>, read only) and grows a working corpus under

@@ -1,6 +1,6 @@
 //! The demo sink: an HTTP server that answers `200 {"ok":true}` to any request and prints it.
 //!
-//! `make sink` (or `cargo run --release --example sink`) listens on 127.0.0.1:8080, where
+//! `make sink` (or `cargo run --example sink`) listens on 127.0.0.1:8080, where
 //! `config/workflows/demo-sink.yaml` sends its requests. Change the address with
 //! `--listen 127.0.0.1:9000` or `SINK_LISTEN=127.0.0.1:9000`.
 

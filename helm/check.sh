@@ -110,11 +110,12 @@ while IFS=$'\t' read -r value says; do
 done < <("$tools/python" helm/check_extensions.py --refused)
 
 run cargo build --quiet --bin switchyard
+switchyard="${CARGO_TARGET_DIR:-target}/debug/switchyard"
 for name in defaults keda hpa nodes; do
-  run "$tools/python" helm/check_rendered.py "$out/$name.yaml" target/debug/switchyard
+  run "$tools/python" helm/check_rendered.py "$out/$name.yaml" "$switchyard"
 done
 # Every kubectl and switchyard command of the runbooks names what the chart renders and parses.
-run "$tools/python" helm/check_runbooks.py "$out/defaults.yaml" target/debug/switchyard \
+run "$tools/python" helm/check_runbooks.py "$out/defaults.yaml" "$switchyard" \
   docs/runbooks/*.md helm/switchyard/README.md
 
 echo "check.sh: all Helm chart checks passed"

@@ -21,8 +21,13 @@ use support::{
 };
 use switchyard::Config;
 
-/// A `make run` may have to build the release binary first (`make test` builds it beforehand).
+/// A `make run` may have to build the binary first (`make test` builds it beforehand).
 const START_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Where the README's commands build: the Makefile's `QUICKSTART_TARGET`, which `make test` builds
+/// beforehand. Not `target/`: `cargo run --bin switchyard` builds without the dev-dependencies'
+/// features, so there it would swap `target/debug/switchyard` under the tests running it.
+const QUICKSTART_TARGET: &str = "target/quickstart";
 
 /// The sh code blocks of the README section headed `heading`, one command a line, comments and
 /// blank lines left out.
@@ -100,6 +105,7 @@ impl Shell {
                 shell.env_remove(name.as_ref());
             }
         }
+        shell.env("CARGO_TARGET_DIR", repo_root().join(QUICKSTART_TARGET));
         // The runner also puts the toolchain's own folder first on PATH, bypassing rustup's proxies.
         if let Some(path) = std::env::var_os("PATH") {
             let kept: Vec<PathBuf> = std::env::split_paths(&path)
