@@ -6,18 +6,27 @@
 //! The broker refuses (nacks) whatever exceeds a bounded queue, so a mix-up shows as a message
 //! confirmed but not stored. Without `Publisher::send`'s ordering lock this failed about one run in
 //! three ("confirmed but not stored [\"m10167\"], stored but refused [\"m09826\"]").
+//!
+//! And the router, when the broker refuses its action messages: it hands the event back after a
+//! wait that grows with each refusal in a row, instead of at once.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use switchyard::Config;
 use switchyard::broker::Publisher;
 
-use support::{AfterGet, Broker, unique_prefix};
+use support::{
+    AfterGet, Broker, Process, TopologyGuard, event, posting_workflow, rabbitmqctl,
+    rabbitmqctl_path, test_config_yaml, unique_prefix, wait_until_within,
+    write_workflows_and_secrets,
+};
 
 /// Messages published, and how many the queue takes before it refuses (nacks) the rest.
 const MESSAGES: usize = 20000;
@@ -112,4 +121,117 @@ async fn concurrent_publishes_each_get_their_own_confirm() {
         "confirms answered for the wrong messages: confirmed but not stored {confirmed_not_stored:?}, \
          stored but refused {stored_not_confirmed:?}"
     );
+}
+
+/// Removes a policy of the local broker when dropped, so a failing test leaves none behind.
+struct PolicyGuard(String);
+
+impl Drop for PolicyGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(rabbitmqctl_path())
+            .args(["clear_policy", &self.0])
+            .output();
+    }
+}
+
+/// The waits the router logged before handing a refused event back, and when it logged them.
+fn refusals(logs: &str) -> Vec<(chrono::DateTime<chrono::Utc>, u64)> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("an action message was not confirmed"))
+        })
+        .filter_map(|line| {
+            let at = line["timestamp"].as_str()?.parse().ok()?;
+            Some((at, line["wait_ms"].as_u64()?))
+        })
+        .collect()
+}
+
+/// A queue that refuses the router's action messages (here a policy: at most 0 messages, refuse
+/// the rest; in a cluster, a quorum queue whose leader died) must not make the router hand the
+/// event back and take it again at full speed: each refusal in a row waits longer, and the event
+/// goes through once the queue takes messages again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_router_waits_longer_after_each_refusal_and_routes_once_the_queue_takes_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_workflows_and_secrets(
+        dir.path(),
+        &posting_workflow("refused", "http://127.0.0.1:9/refused"),
+        &[],
+    );
+    let prefix = unique_prefix("refused");
+    let guard = TopologyGuard::new(
+        &Config::from_yaml(&format!("amqp: {{ prefix: {prefix} }}\n")).expect("config"),
+    );
+    let queue = format!("{prefix}.action.http");
+    // Set before the service declares the queue, so that the queue has it from the start.
+    let policy = PolicyGuard(prefix.clone());
+    rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        &policy.0,
+        &format!("^{}$", queue.replace('.', "\\.")),
+        r#"{"max-length": 0, "overflow": "reject-publish"}"#,
+    ]);
+    let config = dir.path().join("switchyard.yaml");
+    let extra =
+        r#"{"amqp": {"queue_type": "classic"}, "log": {"format": "json", "level": "info"}}"#;
+    std::fs::write(&config, test_config_yaml(&prefix, dir.path(), extra))
+        .expect("write the config");
+    // The router alone: nothing consumes the action queue, so what the router publishes stays there.
+    let (command, port) = Process::run_command(&config);
+    let mut command = command;
+    command.args(["--role", "router"]);
+    let mut service = Process::start(command, port, dir.path(), "router");
+    service.wait_ready(Duration::from_secs(60)).await;
+
+    let broker = Broker::connect().await;
+    broker
+        .publish(
+            &format!("{prefix}.events"),
+            "Gameplay.DataCaptured",
+            event("evt_refused_1", "Gameplay.DataCaptured")
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    wait_until_within("four refusals", Duration::from_secs(30), async || {
+        service.assert_running();
+        refusals(&service.logs()).len() >= 4
+    })
+    .await;
+    let seen = refusals(&service.logs());
+    let waits: Vec<u64> = seen.iter().map(|(_, wait)| *wait).take(4).collect();
+    assert_eq!(waits, [100, 200, 400, 800], "{seen:?}");
+    for pair in seen.windows(2).take(3) {
+        let apart = (pair[1].0 - pair[0].0).num_milliseconds();
+        assert!(
+            apart >= i64::try_from(pair[0].1).unwrap_or(i64::MAX) - 5,
+            "the event came back {apart} ms after a refusal that was to wait {} ms: {seen:?}",
+            pair[0].1
+        );
+    }
+    assert_eq!(
+        broker.queue_len(&queue).await,
+        0,
+        "nothing taken while refused"
+    );
+
+    rabbitmqctl(&["clear_policy", &policy.0]);
+    let router = format!("{prefix}.router");
+    wait_until_within(
+        "the action message in its queue and the event acked",
+        Duration::from_secs(30),
+        async || {
+            service.assert_running();
+            broker.queue_len(&queue).await == 1 && broker.queue_len(&router).await == 0
+        },
+    )
+    .await;
+    service.stop_cleanly().await;
+    drop(guard);
 }

@@ -68,9 +68,12 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
-    /// The broker refused a message (nack) or could not route it.
+    /// The broker refused a message (a nack: a queue could not take it).
     #[error("broker refused a message for {0}")]
     Refused(String),
+    /// The broker returned a mandatory message: no queue is bound for it.
+    #[error("no queue is bound for {0} (the broker returned the message)")]
+    Unroutable(String),
     /// A consumer stream ended (the channel was closed under us).
     #[error("consumer of {0} stopped")]
     ConsumerEnded(String),
@@ -622,9 +625,8 @@ impl Publisher {
     pub async fn confirmed(pending: PendingConfirm, what: &str) -> Result<(), BrokerError> {
         match lazy_context(pending.await, || format!("confirming {what}"))? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => {
-                Err(BrokerError::Refused(what.to_owned()))
-            }
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(what.to_owned())),
+            Confirmation::Nack(_) => Err(BrokerError::Refused(what.to_owned())),
         }
     }
 

@@ -92,7 +92,7 @@ pub async fn publish(
             );
             ExitCode::SUCCESS
         }
-        Err(broker::BrokerError::Refused(what)) => {
+        Err(broker::BrokerError::Unroutable(what)) => {
             eprintln!(
                 "error: the broker did not route {what}; run `switchyard topology` (or start the service) first"
             );

@@ -1168,6 +1168,13 @@ impl Process {
         self.child.wait().expect("reap the child")
     }
 
+    /// SIGTERM, then fails the test unless it exits with 0 within 30 s.
+    pub async fn stop_cleanly(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "a clean stop: {status}\n{}", self.logs());
+    }
+
     /// Polls until the process exits; fails the test after `deadline`.
     pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let end = Instant::now() + deadline;

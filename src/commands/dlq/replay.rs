@@ -201,7 +201,7 @@ pub async fn replay_records(
                     totals.moved += 1;
                     report(Replayed::Moved { id, source, queue });
                 }
-                Err(BrokerError::Refused(_)) => {
+                Err(BrokerError::Refused(_) | BrokerError::Unroutable(_)) => {
                     report(Replayed::Refused { id, source, queue });
                     totals.not_moved += 1;
                     totals.refused = true;
