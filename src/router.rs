@@ -1,7 +1,6 @@
 //! The router: one event in, one confirmed message per matching action out, then the ack.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -63,7 +62,6 @@ pub async fn run(
     // A task that could not publish reports here: the channel is gone, the session must restart.
     let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<BrokerError>(1);
     let linger = Linger::new(app.config.router.publish_linger);
-    let refusals = Arc::new(Refusals::default());
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -82,12 +80,11 @@ pub async fn run(
         };
         // Each event in its own task (at most router.prefetch): a publish waits for lapin to
         // write it, and this loop must not wait on that round trip once per event.
-        let (app, publisher, acks, failed_tx, refusals) = (
+        let (app, publisher, acks, failed_tx) = (
             app.clone(),
             publisher.clone(),
             acks.clone(),
             failed_tx.clone(),
-            refusals.clone(),
         );
         // The event's trace (or a new one), and the router's span in it: the parent of every
         // action message and, through them, of every outbound call.
@@ -99,7 +96,7 @@ pub async fn run(
                 "router event",
                 async move {
                     match route(&app, &publisher, linger, &delivery, &trace).await {
-                        Ok(routed) => settle(&app, &acks, &refusals, delivery, routed).await,
+                        Ok(routed) => settle(&app, &acks, delivery, routed).await,
                         Err(e) => {
                             // Whatever it published is repeated when the event comes back.
                             acks.requeue(delivery);
@@ -110,41 +107,6 @@ pub async fn run(
                 .instrument(span),
             ),
         );
-    }
-}
-
-/// How long a refused event waits before it goes back to the queue.
-///
-/// While the broker refuses action messages (a quorum queue whose leader was on a node that just
-/// died, until its followers elect another), an event handed back at once comes straight back,
-/// is refused again, and so on at full speed: a loop that loads the broker while it recovers and
-/// floods the log. So the wait doubles with each refusal in a row, from 100 ms to 2 s, and one
-/// confirmed event ends the streak. A waiting event keeps its prefetch slot, so the router takes
-/// no new events while every slot waits: at most `router.prefetch` refusals per wait.
-#[derive(Debug, Default)]
-struct Refusals {
-    /// Refusals since the last confirmed event.
-    streak: AtomicU32,
-}
-
-impl Refusals {
-    const FIRST: Duration = Duration::from_millis(100);
-    const LONGEST: Duration = Duration::from_secs(2);
-
-    /// Counts a refusal; the wait before its event goes back.
-    fn refused(&self) -> Duration {
-        let streak = self.streak.fetch_add(1, Ordering::Relaxed);
-        Self::FIRST
-            .saturating_mul(1 << streak.min(5))
-            .min(Self::LONGEST)
-    }
-
-    /// An event's messages were all confirmed.
-    fn confirmed(&self) {
-        // A load first: the common case writes nothing to a line every router task reads.
-        if self.streak.load(Ordering::Relaxed) != 0 {
-            self.streak.store(0, Ordering::Relaxed);
-        }
     }
 }
 
@@ -354,14 +316,8 @@ fn rejected_record(delivery: &Delivery, reason: &str, store_payloads: bool) -> E
 }
 
 /// Waits for every confirm, then acks the event; on a refusal, hands the event back after the
-/// wait of [`Refusals`].
-async fn settle(
-    app: &Shared,
-    acks: &Acks,
-    refusals: &Refusals,
-    delivery: Delivery,
-    routed: Routed,
-) {
+/// wait of [`Refusals`](crate::broker::acks::Refusals).
+async fn settle(app: &Shared, acks: &Acks, delivery: Delivery, routed: Routed) {
     let mut refused = None;
     for (connector, pending) in routed.pending {
         match Publisher::confirmed(pending, connector).await {
@@ -376,12 +332,9 @@ async fn settle(
         }
     }
     match refused {
-        None => {
-            refusals.confirmed();
-            acks.ack(delivery);
-        }
+        None => acks.ack(delivery),
         Some(e) => {
-            let wait = refusals.refused();
+            let wait = acks.refused();
             error!(event_id = %routed.event_id, error = %e, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "an action message was not confirmed; the event goes back to the queue after a wait");
             tokio::time::sleep(wait).await;
             acks.requeue(delivery);
@@ -392,18 +345,6 @@ async fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refused_events_wait_longer_with_each_refusal_in_a_row_until_one_is_confirmed() {
-        let refusals = Refusals::default();
-        let waits: Vec<u128> = (0..7).map(|_| refusals.refused().as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000]);
-        refusals.confirmed();
-        assert_eq!(refusals.refused(), Duration::from_millis(100));
-        refusals.confirmed();
-        refusals.confirmed();
-        assert_eq!(refusals.refused(), Duration::from_millis(100));
-    }
 
     #[test]
     fn the_linger_waits_for_the_next_boundary() {

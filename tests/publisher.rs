@@ -8,7 +8,8 @@
 //! three ("confirmed but not stored [\"m10167\"], stored but refused [\"m09826\"]").
 //!
 //! And the router, when the broker refuses its action messages: it hands the event back after a
-//! wait that grows with each refusal in a row, instead of at once.
+//! wait that grows with each refusal in a row, instead of at once (the worker does the same with
+//! an action whose retry or dead letter is refused; `broker::acks::Refusals` serves both).
 
 mod support;
 
@@ -134,20 +135,53 @@ impl Drop for PolicyGuard {
     }
 }
 
-/// The waits the router logged before handing a refused event back, and when it logged them.
-fn refusals(logs: &str) -> Vec<(chrono::DateTime<chrono::Utc>, u64)> {
+/// The router's log line for a refused event.
+const ROUTER_REFUSED: &str = "an action message was not confirmed";
+
+/// The waits logged (lines starting with `message`) before a refused delivery went back, and when
+/// they were logged.
+fn refusals(logs: &str, message: &str) -> Vec<(chrono::DateTime<chrono::Utc>, u64)> {
     logs.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|line| {
             line["message"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("an action message was not confirmed"))
+                .is_some_and(|m| m.starts_with(message))
         })
         .filter_map(|line| {
             let at = line["timestamp"].as_str()?.parse().ok()?;
             Some((at, line["wait_ms"].as_u64()?))
         })
         .collect()
+}
+
+/// The first four waits were 100, 200, 400 and 800 ms, and each delivery came back no sooner.
+fn assert_waited(seen: &[(chrono::DateTime<chrono::Utc>, u64)]) {
+    let waits: Vec<u64> = seen.iter().map(|(_, wait)| *wait).take(4).collect();
+    assert_eq!(waits, [100, 200, 400, 800], "{seen:?}");
+    for pair in seen.windows(2).take(3) {
+        let apart = (pair[1].0 - pair[0].0).num_milliseconds();
+        assert!(
+            apart >= i64::try_from(pair[0].1).unwrap_or(i64::MAX) - 5,
+            "the delivery came back {apart} ms after a refusal that was to wait {} ms: {seen:?}",
+            pair[0].1
+        );
+    }
+}
+
+/// Sets a policy that makes the local broker refuse every message for `queue` (at most 0
+/// messages, refuse the rest); removed when dropped.
+fn refusing(queue: &str, name: &str) -> PolicyGuard {
+    let policy = PolicyGuard(name.to_owned());
+    rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        &policy.0,
+        &format!("^{}$", queue.replace('.', "\\.")),
+        r#"{"max-length": 0, "overflow": "reject-publish"}"#,
+    ]);
+    policy
 }
 
 /// A queue that refuses the router's action messages (here a policy: at most 0 messages, refuse
@@ -168,15 +202,7 @@ async fn the_router_waits_longer_after_each_refusal_and_routes_once_the_queue_ta
     );
     let queue = format!("{prefix}.action.http");
     // Set before the service declares the queue, so that the queue has it from the start.
-    let policy = PolicyGuard(prefix.clone());
-    rabbitmqctl(&[
-        "set_policy",
-        "--apply-to",
-        "queues",
-        &policy.0,
-        &format!("^{}$", queue.replace('.', "\\.")),
-        r#"{"max-length": 0, "overflow": "reject-publish"}"#,
-    ]);
+    let policy = refusing(&queue, &prefix);
     let config = dir.path().join("switchyard.yaml");
     let extra =
         r#"{"amqp": {"queue_type": "classic"}, "log": {"format": "json", "level": "info"}}"#;
@@ -201,20 +227,10 @@ async fn the_router_waits_longer_after_each_refusal_and_routes_once_the_queue_ta
         .await;
     wait_until_within("four refusals", Duration::from_secs(30), async || {
         service.assert_running();
-        refusals(&service.logs()).len() >= 4
+        refusals(&service.logs(), ROUTER_REFUSED).len() >= 4
     })
     .await;
-    let seen = refusals(&service.logs());
-    let waits: Vec<u64> = seen.iter().map(|(_, wait)| *wait).take(4).collect();
-    assert_eq!(waits, [100, 200, 400, 800], "{seen:?}");
-    for pair in seen.windows(2).take(3) {
-        let apart = (pair[1].0 - pair[0].0).num_milliseconds();
-        assert!(
-            apart >= i64::try_from(pair[0].1).unwrap_or(i64::MAX) - 5,
-            "the event came back {apart} ms after a refusal that was to wait {} ms: {seen:?}",
-            pair[0].1
-        );
-    }
+    assert_waited(&refusals(&service.logs(), ROUTER_REFUSED));
     assert_eq!(
         broker.queue_len(&queue).await,
         0,

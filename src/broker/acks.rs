@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lapin::Acker;
@@ -40,6 +41,47 @@ pub const PATIENCE: Duration = Duration::from_millis(25);
 #[derive(Clone)]
 pub struct Acks {
     tx: mpsc::UnboundedSender<Settled<Acker>>,
+    /// Refusals in a row on this channel.
+    refusals: Arc<Refusals>,
+}
+
+/// How long a delivery whose outcome the broker refused waits before it goes back to its queue.
+///
+/// While the broker refuses messages (a quorum queue whose leader was on a node that just died,
+/// until its followers elect another), a delivery handed back at once comes straight back, is
+/// refused again, and so on at full speed: a loop that loads the broker while it recovers, floods
+/// the log, and on a worker calls the remote each time. So the wait doubles with each refusal in
+/// a row on the channel, from 100 ms to 5 s, and one ack ends the streak. A waiting delivery
+/// keeps its prefetch slot, so at most a prefetch of refusals per wait. Each requeue counts
+/// towards a quorum queue's delivery limit ([`DELIVERY_LIMIT`](super::DELIVERY_LIMIT), 20): with
+/// these waits a refusal lasting over about 75 s dead-letters the delivery (an event to
+/// `events.rejected`, an action to the dead-letter queue; at full speed it took a fraction of a
+/// second).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// Refusals since the last ack.
+    streak: AtomicU32,
+}
+
+impl Refusals {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(5);
+
+    /// Counts a refusal; the wait before its delivery goes back.
+    fn refused(&self) -> Duration {
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed);
+        Self::FIRST
+            .saturating_mul(1 << streak.min(6))
+            .min(Self::LONGEST)
+    }
+
+    /// A delivery was acked.
+    fn confirmed(&self) {
+        // A load first: the common case writes nothing to a line every router task reads.
+        if self.streak.load(Ordering::Relaxed) != 0 {
+            self.streak.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What became of one delivery.
@@ -89,12 +131,22 @@ impl Acks {
             // drops, which could race the connection's close at shutdown (an ERROR line).
             super::close_channel(&channel, 200, "done").await;
         }));
-        Acks { tx }
+        Acks {
+            tx,
+            refusals: Arc::default(),
+        }
     }
 
     /// The delivery is done with: ack it (soon, possibly with others).
     pub fn ack(&self, delivery: Delivery) {
+        self.refusals.confirmed();
         self.settle(delivery, false);
+    }
+
+    /// The broker refused what would have made a delivery's outcome durable: how long to wait
+    /// before [`Acks::requeue`] (see [`Refusals`]).
+    pub fn refused(&self) -> Duration {
+        self.refusals.refused()
     }
 
     /// Hands the delivery back to its queue, now.
@@ -311,6 +363,18 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    #[test]
+    fn refused_deliveries_wait_longer_with_each_refusal_in_a_row_until_one_is_acked() {
+        let refusals = Refusals::default();
+        let waits: Vec<u128> = (0..7).map(|_| refusals.refused().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000]);
+        refusals.confirmed();
+        assert_eq!(refusals.refused(), Duration::from_millis(100));
+        refusals.confirmed();
+        refusals.confirmed();
+        assert_eq!(refusals.refused(), Duration::from_millis(100));
+    }
 
     /// What the fake broker saw, in order.
     #[derive(Debug, Clone, Copy, PartialEq)]
