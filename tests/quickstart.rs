@@ -148,6 +148,24 @@ impl Shell {
         assert!(sent.success(), "kill -INT -- {group}");
     }
 
+    /// Runs `command` to its end (at most [`START_DEADLINE`]): its exit status and output.
+    async fn run_to_end(
+        command: &str,
+        envs: &[(&str, &str)],
+        dir: &Path,
+        name: &str,
+    ) -> (std::process::ExitStatus, String) {
+        let mut shell = Shell::start(command, envs, dir, name);
+        wait_until_within(
+            &format!("`{command}` to finish"),
+            START_DEADLINE,
+            async || shell.exited(),
+        )
+        .await;
+        let status = shell.child.wait().expect("exit status");
+        (status, shell.output())
+    }
+
     fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
@@ -222,17 +240,8 @@ async fn the_readme_quick_start_delivers_the_documented_post() {
     })
     .await;
 
-    let mut publishing = Shell::start(&publish, &envs, dir.path(), "publish");
-    wait_until_within("`make publish` to finish", START_DEADLINE, async || {
-        publishing.exited()
-    })
-    .await;
-    let status = publishing.child.wait().expect("publish status");
-    assert!(
-        status.success(),
-        "make publish: {status}\n{}",
-        publishing.output()
-    );
+    let (status, output) = Shell::run_to_end(&publish, &envs, dir.path(), "publish").await;
+    assert!(status.success(), "make publish: {status}\n{output}");
 
     let received = wait_for_body(&demo_sink, &service).await;
     assert_eq!(
@@ -260,6 +269,30 @@ async fn the_readme_quick_start_delivers_the_documented_post() {
     assert_eq!(dead, 0.0, "{metrics}");
     let broker = Broker::connect().await;
     assert_eq!(broker.queue_len(&format!("{prefix}.dead-letter")).await, 0);
+    // The README's way to look at dead letters, as it shows it.
+    let dlq_list = "cargo run -- dlq list";
+    assert!(
+        readme.contains(&format!("`{dlq_list}`")),
+        "README.md shows `{dlq_list}`"
+    );
+    let (status, output) = Shell::run_to_end(dlq_list, &envs, dir.path(), "dlq-list").await;
+    assert!(status.success(), "{dlq_list}: {status}\n{output}");
+    assert!(!output.contains("error"), "{dlq_list}:\n{output}");
+
+    // The README's dry run: the request the demo workflow would send, and nothing sent.
+    let dry_run = command_starting(&see_it, "cargo run -- test --event");
+    let (status, output) = Shell::run_to_end(&dry_run, &[], dir.path(), "dry-run").await;
+    assert!(status.success(), "{dry_run}: {status}\n{output}");
+    assert!(
+        output.contains("workflow demo-sink")
+            && output.contains("POST http://127.0.0.1:8080/events"),
+        "{dry_run}:\n{output}"
+    );
+    let body: Value = output
+        .lines()
+        .find_map(|line| serde_json::from_str(line.trim()).ok())
+        .unwrap_or_else(|| panic!("{dry_run} prints the body:\n{output}"));
+    assert_eq!(body, documented, "{dry_run}:\n{output}");
 
     // Ctrl-C: the service drains and stops cleanly.
     service.interrupt();
