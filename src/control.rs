@@ -465,7 +465,7 @@ impl Follower {
         // The marker is written beside the loop, which sees it come by: under a broker alarm the
         // write waits, and a stop must not.
         let id = marker_id();
-        let marker = {
+        let mut marker = {
             let (writer, stream) = (writer.clone(), self.streams.control.clone());
             let record = Record::Marker { id: id.clone() };
             tokio::spawn(async move {
@@ -474,7 +474,7 @@ impl Follower {
                 }
             })
         };
-        let status = tokio::spawn(self.clone().publish_status(writer.clone(), stop.clone()));
+        let mut status = tokio::spawn(self.clone().publish_status(writer.clone(), stop.clone()));
         let result = loop {
             let delivery = tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
@@ -510,8 +510,21 @@ impl Follower {
                 Err(e) => warn!(error = %e, "unreadable destinations record skipped"),
             }
         };
-        marker.abort();
-        status.abort();
+        // On a stop, a record being written is let finish first: lapin sends a channel's close
+        // ahead of publishes still queued, and the broker answers a publish on a channel it has
+        // closed by closing the whole connection. Bounded: under a broker alarm it never does.
+        let finished = async {
+            let _ = (&mut marker).await;
+            let _ = (&mut status).await;
+        };
+        if result.is_err()
+            || tokio::time::timeout(crate::broker::CLOSE_TIMEOUT, finished)
+                .await
+                .is_err()
+        {
+            marker.abort();
+            status.abort();
+        }
         for channel in [&channel, writer.channel()] {
             crate::broker::close_channel(channel, 200, "stopping").await;
         }

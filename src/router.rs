@@ -46,7 +46,7 @@ pub async fn run(
     let mut consumer = channel
         .basic_consume(
             app.topology.router.as_str().into(),
-            "switchyard-router".into(),
+            ROUTER_CONSUMER.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -55,28 +55,28 @@ pub async fn run(
     let acks = Acks::spawn(
         &tracker,
         &app.faults,
-        channel,
+        channel.clone(),
         "router",
         app.config.router.prefetch,
     );
     // A task that could not publish reports here: the channel is gone, the session must restart.
     let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<BrokerError>(1);
     let linger = Linger::new(app.config.router.publish_linger);
-    loop {
+    let ended = loop {
         let next = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            Some(e) = failed.recv() => return Err(e),
+            _ = stop.cancelled() => break Ok(()),
+            Some(e) = failed.recv() => break Err(e),
             next = consumer.next() => next,
         };
         let delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => {
-                return Err(BrokerError::Amqp {
+                break Err(BrokerError::Amqp {
                     context: "router consumer".into(),
                     source: e,
                 });
             }
-            None => return Err(BrokerError::ConsumerEnded(app.topology.router.clone())),
+            None => break Err(BrokerError::ConsumerEnded(app.topology.router.clone())),
         };
         // Each event in its own task (at most router.prefetch): a publish waits for lapin to
         // write it, and this loop must not wait on that round trip once per event.
@@ -107,8 +107,17 @@ pub async fn run(
                 .instrument(span),
             ),
         );
+    };
+    // A clean stop (the session closes this channel, then the connection); after a failure the
+    // session closes the connection as it is.
+    if ended.is_ok() {
+        crate::broker::cancel_consumer(&channel, ROUTER_CONSUMER).await;
     }
+    ended
 }
+
+/// The router's consumer tag.
+const ROUTER_CONSUMER: &str = "switchyard-router";
 
 /// Lets the action messages of events that arrive close together reach the broker together.
 ///

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use lapin::Confirmation;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicCancelOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -42,6 +42,21 @@ pub async fn close_connection(connection: &Connection, code: u16, text: &str) {
 pub async fn close_channel(channel: &Channel, code: u16, text: &str) {
     if channel.status().connected() {
         within_close_timeout(channel.close(code, text.into()), "a channel").await;
+    }
+}
+
+/// Cancels a consumer and waits for the broker's cancel-ok (at most [`CLOSE_TIMEOUT`]), so that
+/// nothing is sent on its channel once that channel closes.
+///
+/// A consumer dropped while still active has lapin send its basic.cancel from lapin's own task,
+/// racing whoever closes the channel: a cancel that goes out after the broker has closed the
+/// channel reaches a channel number the broker no longer knows, which it answers by closing the
+/// whole connection (`CHANNEL_ERROR - expected 'channel.open'`). Cancelled here first, the
+/// consumer is dropped already cancelled and lapin sends nothing.
+pub async fn cancel_consumer(channel: &Channel, tag: &str) {
+    if channel.status().connected() {
+        let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
+        within_close_timeout(cancel, "a consumer").await;
     }
 }
 

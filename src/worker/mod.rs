@@ -51,6 +51,8 @@ pub async fn run(
 ) -> Result<(), BrokerError> {
     let permits = Arc::new(Semaphore::new(app.config.worker.concurrency));
     let mut streams = Vec::new();
+    // Each consumer's channel and tag, to cancel it on a clean stop (`broker::cancel_consumer`).
+    let mut consumers = Vec::new();
     for name in &app.config.worker.connectors {
         let Some(&(connector, ref queue)) =
             app.topology.action_queues.iter().find(|(c, _)| c == name)
@@ -65,15 +67,17 @@ pub async fn run(
             .basic_qos(app.config.worker.prefetch, BasicQosOptions::default())
             .await
             .context("setting the worker prefetch")?;
+        let tag = format!("switchyard-worker-{connector}");
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
-                format!("switchyard-worker-{connector}").into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .context(format!("consuming {queue}"))?;
+        consumers.push((channel.clone(), tag));
         let acks = Acks::spawn(
             &tracker,
             &app.faults,
@@ -84,27 +88,27 @@ pub async fn run(
         streams.push(consumer.map(move |d| (connector, acks.clone(), d)).boxed());
     }
     let mut deliveries = futures::stream::select_all(streams);
-    loop {
+    let ended = loop {
         let permit = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => break Ok(()),
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return Ok(()),
+                Err(_) => break Ok(()),
             },
         };
         let next = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => break Ok(()),
             next = deliveries.next() => next,
         };
         let (connector, acks, delivery) = match next {
             Some((connector, acks, Ok(delivery))) => (connector, acks, delivery),
             Some((connector, _, Err(e))) => {
-                return Err(BrokerError::Amqp {
+                break Err(BrokerError::Amqp {
                     context: format!("{connector} consumer"),
                     source: e,
                 });
             }
-            None => return Err(BrokerError::ConsumerEnded("action queues".into())),
+            None => break Err(BrokerError::ConsumerEnded("action queues".into())),
         };
         let slot = WorkerSlot::new(permits.clone(), permit, stop.clone());
         // The action's trace (SPEC §12); a message from before trace context starts one.
@@ -130,7 +134,16 @@ pub async fn run(
                     .instrument(span),
             ),
         );
+    };
+    // A clean stop: every consumer cancelled before its channel closes (after a failure the
+    // session closes the connection as it is).
+    if ended.is_ok() {
+        let cancels = consumers
+            .iter()
+            .map(|(channel, tag)| crate::broker::cancel_consumer(channel, tag));
+        futures::future::join_all(cancels).await;
     }
+    ended
 }
 
 /// One delivery being processed.
