@@ -254,12 +254,22 @@ async fn the_readme_quick_start_delivers_the_documented_post() {
     assert!(printed.contains("POST /events"), "{printed}");
     assert!(printed.contains("idempotency-key: act_"), "{printed}");
 
-    // One delivery, and no dead letter: a newcomer's first publish is clean.
-    let metrics = http_get(&format!("http://{listen}/metrics"))
-        .await
-        .expect("/metrics")
-        .1;
+    // One delivery, and no dead letter: a newcomer's first publish is clean. The worker counts
+    // the call once the sink's answer is back, which can be after the sink has printed it.
     let success = r#"switchyard_action_attempts_total{connector="http",outcome="success"}"#;
+    let mut metrics = String::new();
+    wait_until_within(
+        "the call to be counted",
+        Duration::from_secs(10),
+        async || {
+            metrics = http_get(&format!("http://{listen}/metrics"))
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            metric_value(&metrics, success).is_some_and(|calls| calls >= 1.0)
+        },
+    )
+    .await;
     assert_eq!(metric_value(&metrics, success), Some(1.0), "{metrics}");
     let dead: f64 = metrics
         .lines()
