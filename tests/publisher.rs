@@ -197,17 +197,16 @@ async fn the_router_waits_longer_after_each_refusal_and_routes_once_the_queue_ta
         &[],
     );
     let prefix = unique_prefix("refused");
-    let guard = TopologyGuard::new(
-        &Config::from_yaml(&format!("amqp: {{ prefix: {prefix} }}\n")).expect("config"),
-    );
+    let extra =
+        r#"{"amqp": {"queue_type": "classic"}, "log": {"format": "json", "level": "info"}}"#;
+    let yaml = test_config_yaml(&prefix, dir.path(), extra);
+    // The service's own configuration: its retry tiers are not the defaults.
+    let guard = TopologyGuard::new(&Config::from_yaml(&yaml).expect("config"));
     let queue = format!("{prefix}.action.http");
     // Set before the service declares the queue, so that the queue has it from the start.
     let policy = refusing(&queue, &prefix);
     let config = dir.path().join("switchyard.yaml");
-    let extra =
-        r#"{"amqp": {"queue_type": "classic"}, "log": {"format": "json", "level": "info"}}"#;
-    std::fs::write(&config, test_config_yaml(&prefix, dir.path(), extra))
-        .expect("write the config");
+    std::fs::write(&config, yaml).expect("write the config");
     // The router alone: nothing consumes the action queue, so what the router publishes stays there.
     let (command, port) = Process::run_command(&config);
     let mut command = command;
