@@ -1066,3 +1066,67 @@ fn dashboard_uses_its_datasource_variable_everywhere() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// deploy/rabbitmq/start.sh (`make rabbitmq`, which `make run`, `make test` and CI go through)
+
+/// Runs `deploy/rabbitmq/start.sh` against `port` on the loopback: its exit code and output.
+fn start_script(port: u16) -> (Option<i32>, String) {
+    let ran = std::process::Command::new("bash")
+        .arg(repo_root().join("deploy/rabbitmq/start.sh"))
+        .env("RABBITMQ_HOST", "127.0.0.1")
+        .env("RABBITMQ_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run deploy/rabbitmq/start.sh");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    (ran.status.code(), output)
+}
+
+#[test]
+fn the_start_script_accepts_a_broker_that_speaks_amqp_and_names_one_that_only_accepts_tcp() {
+    // The suite's broker answers the handshake.
+    let (code, output) = start_script(5672);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("already answering"), "{output}");
+
+    // A listener that accepts and never answers, as a node out of file handles does; it keeps what
+    // it accepted open until the script is done.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let held = std::thread::spawn(move || {
+        let mut connections = Vec::new();
+        while finished.try_recv().is_err() {
+            match listener.accept() {
+                Ok((connection, _)) => connections.push(connection),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        connections.len()
+    });
+    let started = Instant::now();
+    let (code, output) = start_script(port);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("accepts connections but did not answer the AMQP handshake")
+            && output.contains("file_handle_cache:info"),
+        "says what it saw and where to look:\n{output}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gives up after its 10 s wait: {:?}",
+        started.elapsed()
+    );
+    let _ = done.send(());
+    let accepted = held.join().expect("the listener thread");
+    assert!(
+        accepted >= 2,
+        "the script connected and tried the handshake: {accepted}"
+    );
+}

@@ -13,9 +13,30 @@ port=${RABBITMQ_PORT:-5672}
 
 answers() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 
+# Whether the broker answers the AMQP protocol header with a frame (connection.start) within 10 s.
+# A node out of file handles still accepts TCP connections and then says nothing: every client (and
+# every test) would wait for its own timeout.
+speaks_amqp() {
+  local first
+  first=$(timeout 10 bash -c 'exec 3<>"/dev/tcp/$0/$1" && printf "AMQP\000\000\011\001" >&3 && head -c 1 <&3 | od -An -tx1' \
+    "$host" "$port" 2>/dev/null) || return 1
+  [ "${first// /}" = "01" ]
+}
+
 if answers; then
-  echo "rabbitmq: already answering on $host:$port"
-  exit 0
+  if speaks_amqp; then
+    echo "rabbitmq: already answering on $host:$port"
+    exit 0
+  fi
+  cat >&2 <<EOF
+rabbitmq: $host:$port accepts connections but did not answer the AMQP handshake within 10 s.
+A node out of file handles does this: each quorum queue keeps some open, and queues left behind by
+earlier runs (other prefixes) add up against the node's limit (\`ulimit -n\`, often 1024).
+  rabbitmqctl eval 'file_handle_cache:info([total_limit, total_used]).'   # the limit and its use
+  rabbitmqctl list_queues name                                            # what holds them
+Delete the queues nothing uses any more, or restart the node with a higher \`ulimit -n\`.
+EOF
+  exit 1
 fi
 
 sudo=""
