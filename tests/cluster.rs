@@ -96,8 +96,31 @@ fn keys(fake: &FakeServer) -> (BTreeSet<String>, usize) {
     })
 }
 
+/// Where the test's traffic goes: the cluster, a node never stopped or killed (for a failure's
+/// diagnosis) and the queues the stream goes through.
+struct Watched<'a> {
+    cluster: &'a Cluster,
+    live: usize,
+    queues: Vec<String>,
+}
+
+/// The test's [`Watched`]: node c is never stopped or killed.
+fn watched<'a>(cluster: &'a Cluster, prefix: &str) -> Watched<'a> {
+    Watched {
+        cluster,
+        live: 2,
+        queues: vec![format!("{prefix}.router"), format!("{prefix}.action.http")],
+    }
+}
+
 /// Waits until `count` more distinct keys arrived (the service must keep running).
-async fn more_delivered(service: &mut Process, fake: &FakeServer, what: &str, count: usize) {
+async fn more_delivered(
+    service: &mut Process,
+    fake: &FakeServer,
+    watched: &Watched<'_>,
+    what: &str,
+    count: usize,
+) {
     let target = keys(fake).0.len() + count;
     let deadline = Instant::now() + Duration::from_secs(60);
     while keys(fake).0.len() < target {
@@ -106,8 +129,13 @@ async fn more_delivered(service: &mut Process, fake: &FakeServer, what: &str, co
             // What the service said last is what tells a stuck consumer from a lost connection.
             let logs = service.logs();
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            // And what the broker says of the queues the stream goes through.
+            let broker = watched
+                .cluster
+                .diagnose(watched.live, &watched.queues)
+                .await;
             panic!(
-                "timed out after 60s waiting for {what}: {} of {target} delivered; the service's last log lines:\n{}",
+                "timed out after 60s waiting for {what}: {} of {target} delivered; the service's last log lines:\n{}\n{broker}",
                 keys(fake).0.len(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
@@ -180,7 +208,14 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
         confirmed.clone(),
         stop_publishing.clone(),
     ));
-    more_delivered(&mut service, &fake, "the stream flowing", 300).await;
+    more_delivered(
+        &mut service,
+        &fake,
+        &watched(&cluster, &prefix),
+        "the stream flowing",
+        300,
+    )
+    .await;
 
     // A follower (b: neither the service's node nor the publisher's) stops and comes back.
     let follower_stopped = Instant::now();
@@ -189,6 +224,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
+        &watched(&cluster, &prefix),
         "deliveries while the follower is down",
         200,
     )
@@ -205,6 +241,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
+        &watched(&cluster, &prefix),
         "deliveries after the follower is back",
         200,
     )
@@ -244,11 +281,19 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     )
     .await;
     let ready_after = killed.elapsed();
-    more_delivered(&mut service, &fake, "deliveries through the new node", 1).await;
+    more_delivered(
+        &mut service,
+        &fake,
+        &watched(&cluster, &prefix),
+        "deliveries through the new node",
+        1,
+    )
+    .await;
     let resumed_after = killed.elapsed();
     more_delivered(
         &mut service,
         &fake,
+        &watched(&cluster, &prefix),
         "the stream flowing after the move",
         400,
     )

@@ -368,6 +368,49 @@ impl Cluster {
         }
     }
 
+    /// What the cluster says of some quorum queues, for a failure message: from node `i`, each
+    /// member's raft state and log and commit indexes (`rabbitmq-queues quorum_status`) and the
+    /// leader each queue's record names; then every node's last log lines.
+    pub async fn diagnose(&self, i: usize, queues: &[String]) -> String {
+        let mut report = String::new();
+        for queue in queues {
+            let status = tokio::process::Command::new(self.scripts.join("rabbitmq-queues"))
+                .env("HOME", self.home.path())
+                .args(["-n", &self.nodes[i].name, "quorum_status", queue])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let text = match tokio::time::timeout(Duration::from_secs(30), status).await {
+                Ok(Ok(output)) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                Ok(Err(e)) => format!("rabbitmq-queues: {e}"),
+                Err(_) => "rabbitmq-queues: no answer in 30 s".to_owned(),
+            };
+            report.push_str(&format!(
+                "quorum_status {queue} on {}:\n{text}\n",
+                self.nodes[i].name
+            ));
+        }
+        // Which leader each queue's record names (the channels route by it).
+        let listed = self.try_ctl(i, &["list_queues", "name", "leader", "online", "--quiet"]);
+        match tokio::time::timeout(Duration::from_secs(30), listed).await {
+            Ok(Ok(text)) => report.push_str(&format!("list_queues name leader online:\n{text}\n")),
+            Ok(Err(e)) => report.push_str(&format!("list_queues: {e}\n")),
+            Err(_) => report.push_str("list_queues: no answer in 30 s\n"),
+        }
+        for node in &self.nodes {
+            report.push_str(&format!(
+                "{}'s last log lines:\n{}\n",
+                node.name,
+                node.log_tail()
+            ));
+        }
+        report
+    }
+
     /// [`Cluster::try_ctl`] that must succeed.
     pub async fn ctl(&self, i: usize, args: &[&str]) -> String {
         self.try_ctl(i, args).await.unwrap_or_else(|e| {
