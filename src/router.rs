@@ -96,7 +96,7 @@ pub async fn run(
                 "router event",
                 async move {
                     match route(&app, &publisher, linger, &delivery, &trace).await {
-                        Ok(routed) => settle(&app, &acks, delivery, routed).await,
+                        Ok(routed) => settle(&app, &acks, &failed_tx, delivery, routed).await,
                         Err(e) => {
                             // Whatever it published is repeated when the event comes back.
                             acks.requeue(delivery);
@@ -326,7 +326,13 @@ fn rejected_record(delivery: &Delivery, reason: &str, store_payloads: bool) -> E
 
 /// Waits for every confirm, then acks the event; on a refusal, hands the event back after the
 /// wait of [`Refusals`](crate::broker::acks::Refusals).
-async fn settle(app: &Shared, acks: &Acks, delivery: Delivery, routed: Routed) {
+async fn settle(
+    app: &Shared,
+    acks: &Acks,
+    failed: &tokio::sync::mpsc::Sender<BrokerError>,
+    delivery: Delivery,
+    routed: Routed,
+) {
     let mut refused = None;
     for (connector, pending) in routed.pending {
         match Publisher::confirmed(pending, connector).await {
@@ -343,8 +349,16 @@ async fn settle(app: &Shared, acks: &Acks, delivery: Delivery, routed: Routed) {
     match refused {
         None => acks.ack(delivery),
         Some(e) => {
-            let wait = acks.refused();
+            let refusal = acks.refused();
+            let wait = refusal.wait;
             error!(event_id = %routed.event_id, error = %e, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "an action message was not confirmed; the event goes back to the queue after a wait");
+            // Once per session: the first report ends it.
+            if refusal.calls_for_a_new_session() && failed.try_send(e).is_ok() {
+                warn!(
+                    refused_for_s = refusal.lasted.as_secs(),
+                    "the broker has refused the router's messages with no success for a while; starting a new session (a new connection, the next node first)"
+                );
+            }
             tokio::time::sleep(wait).await;
             acks.requeue(delivery);
         }

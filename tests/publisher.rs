@@ -186,10 +186,12 @@ fn refusing(queue: &str, name: &str) -> PolicyGuard {
 
 /// A queue that refuses the router's action messages (here a policy: at most 0 messages, refuse
 /// the rest; in a cluster, a quorum queue whose leader died) must not make the router hand the
-/// event back and take it again at full speed: each refusal in a row waits longer, and the event
-/// goes through once the queue takes messages again.
+/// event back and take it again at full speed: each refusal in a row waits longer; after 15 s
+/// of nothing but refusals the router starts a new session (once); and the event goes through
+/// once the queue takes messages again.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_router_waits_longer_after_each_refusal_and_routes_once_the_queue_takes_messages() {
+async fn the_router_waits_longer_after_each_refusal_reconnects_after_15_s_and_routes_once_the_queue_takes_messages()
+ {
     let dir = tempfile::tempdir().expect("tempdir");
     write_workflows_and_secrets(
         dir.path(),
@@ -234,6 +236,44 @@ async fn the_router_waits_longer_after_each_refusal_and_routes_once_the_queue_ta
         broker.queue_len(&queue).await,
         0,
         "nothing taken while refused"
+    );
+
+    // Refused with no success for Refusal::RECONNECT_AFTER (15 s): a new session, once.
+    let message = |line: &serde_json::Value| line["message"].as_str().map(str::to_owned);
+    let lines = |logs: &str| -> Vec<serde_json::Value> {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    wait_until_within("a new session", Duration::from_secs(40), async || {
+        service.assert_running();
+        lines(&service.logs())
+            .iter()
+            .filter(|l| message(l).is_some_and(|m| m.starts_with("connected to the broker")))
+            .count()
+            >= 2
+    })
+    .await;
+    let logs = lines(&service.logs());
+    let at = |line: &serde_json::Value| {
+        line["timestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+    };
+    let first_refusal = refusals(&service.logs(), ROUTER_REFUSED)[0].0;
+    let decided: Vec<&serde_json::Value> = logs
+        .iter()
+        .filter(|l| message(l).is_some_and(|m| m.contains("starting a new session")))
+        .collect();
+    assert_eq!(decided.len(), 1, "once per session: {decided:?}");
+    let after = at(decided[0]).expect("a timestamp") - first_refusal;
+    assert!(
+        after.num_milliseconds() >= 15_000,
+        "a new session only after 15 s of refusals, not {after}"
+    );
+    assert_eq!(
+        decided[0]["refused_for_s"].as_u64().map(|s| s >= 15),
+        Some(true)
     );
 
     rabbitmqctl(&["clear_policy", &policy.0]);

@@ -57,22 +57,61 @@ pub struct Acks {
 /// these waits a refusal lasting over about 75 s dead-letters the delivery (an event to
 /// `events.rejected`, an action to the dead-letter queue; at full speed it took a fraction of a
 /// second).
+///
+/// A streak also says how long it has lasted ([`Refusal::lasted`]): the router starts a new
+/// session once it has lasted [`Refusal::RECONNECT_AFTER`] (see there).
 #[derive(Debug, Default)]
 pub struct Refusals {
     /// Refusals since the last ack.
     streak: AtomicU32,
+    /// When the streak's first refusal came (`None` without a streak).
+    since: std::sync::Mutex<Option<Instant>>,
+}
+
+/// One refusal: how long its delivery waits, and how long the channel has been refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The wait before the delivery goes back to its queue.
+    pub wait: Duration,
+    /// Since the first refusal with no ack after it on this channel.
+    pub lasted: Duration,
+}
+
+impl Refusal {
+    /// How long a channel may see nothing but refusals before the router starts a new session.
+    ///
+    /// A quorum queue that lost its leader refuses for about a second, until its followers elect
+    /// another. In the cluster test the http queue had a leader again 13 ms after its old one was seen down, both
+    /// members at the same commit index, yet a publish channel opened just after the kill had
+    /// every publish to it refused for over a minute, and none reached the queue's log: they were
+    /// refused before the queue. A new session starts over with a new connection, to the next
+    /// node, and new channels. A queue that is really full (a `reject-publish` limit) is refused
+    /// on every connection; then the session restarts at this pace, with the supervisor's
+    /// backoff between sessions.
+    pub const RECONNECT_AFTER: Duration = Duration::from_secs(15);
+
+    /// Whether the refusals have lasted long enough to start a new session.
+    pub fn calls_for_a_new_session(&self) -> bool {
+        self.lasted >= Self::RECONNECT_AFTER
+    }
 }
 
 impl Refusals {
     const FIRST: Duration = Duration::from_millis(100);
     const LONGEST: Duration = Duration::from_secs(5);
 
-    /// Counts a refusal; the wait before its delivery goes back.
-    fn refused(&self) -> Duration {
+    /// Counts a refusal: the wait before its delivery goes back, and how long the streak lasts.
+    fn refused(&self) -> Refusal {
         let streak = self.streak.fetch_add(1, Ordering::Relaxed);
-        Self::FIRST
+        let wait = Self::FIRST
             .saturating_mul(1 << streak.min(6))
-            .min(Self::LONGEST)
+            .min(Self::LONGEST);
+        let now = Instant::now();
+        let lasted = match self.since.lock() {
+            Ok(mut since) => now.saturating_duration_since(*since.get_or_insert(now)),
+            Err(_) => Duration::ZERO,
+        };
+        Refusal { wait, lasted }
     }
 
     /// A delivery was acked.
@@ -80,6 +119,9 @@ impl Refusals {
         // A load first: the common case writes nothing to a line every router task reads.
         if self.streak.load(Ordering::Relaxed) != 0 {
             self.streak.store(0, Ordering::Relaxed);
+            if let Ok(mut since) = self.since.lock() {
+                *since = None;
+            }
         }
     }
 }
@@ -144,8 +186,8 @@ impl Acks {
     }
 
     /// The broker refused what would have made a delivery's outcome durable: how long to wait
-    /// before [`Acks::requeue`] (see [`Refusals`]).
-    pub fn refused(&self) -> Duration {
+    /// before [`Acks::requeue`], and how long this channel has been refused (see [`Refusals`]).
+    pub fn refused(&self) -> Refusal {
         self.refusals.refused()
     }
 
@@ -367,13 +409,35 @@ mod tests {
     #[test]
     fn refused_deliveries_wait_longer_with_each_refusal_in_a_row_until_one_is_acked() {
         let refusals = Refusals::default();
-        let waits: Vec<u128> = (0..7).map(|_| refusals.refused().as_millis()).collect();
+        let waits: Vec<u128> = (0..7)
+            .map(|_| refusals.refused().wait.as_millis())
+            .collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000]);
         refusals.confirmed();
-        assert_eq!(refusals.refused(), Duration::from_millis(100));
+        assert_eq!(refusals.refused().wait, Duration::from_millis(100));
         refusals.confirmed();
         refusals.confirmed();
-        assert_eq!(refusals.refused(), Duration::from_millis(100));
+        assert_eq!(refusals.refused().wait, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_call_for_a_new_session_once_they_have_lasted_and_an_ack_ends_them() {
+        let refusals = Refusals::default();
+        let first = refusals.refused();
+        assert_eq!(first.lasted, Duration::ZERO);
+        assert!(!first.calls_for_a_new_session());
+        tokio::time::advance(Refusal::RECONNECT_AFTER - Duration::from_millis(1)).await;
+        assert!(!refusals.refused().calls_for_a_new_session());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let late = refusals.refused();
+        assert_eq!(late.lasted, Refusal::RECONNECT_AFTER);
+        assert!(late.calls_for_a_new_session());
+        // An ack ends the streak: the next refusal starts a new one.
+        refusals.confirmed();
+        tokio::time::advance(Refusal::RECONNECT_AFTER).await;
+        let after = refusals.refused();
+        assert_eq!(after.lasted, Duration::ZERO);
+        assert_eq!(after.wait, Duration::from_millis(100));
     }
 
     /// What the fake broker saw, in order.

@@ -177,7 +177,7 @@ impl Job {
         match self.handle(&delivery).await {
             Settle::Ack => self.acks.ack(delivery),
             Settle::Requeue(e) => {
-                let wait = self.acks.refused();
+                let wait = self.acks.refused().wait;
                 warn!(connector = self.connector, error = %e, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "could not record the outcome; the action goes back to its queue after a wait");
                 tokio::time::sleep(wait).await;
                 self.acks.requeue(delivery);
