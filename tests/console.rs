@@ -365,12 +365,11 @@ async fn the_console_command_serves_it_alone() {
     support::write_workflows_and_secrets(dir.path(), "workflows: []\n", &SECRETS);
     let port = support::free_port();
     let extra = CONSOLE_YAML.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let yaml = support::test_config_yaml(&prefix, dir.path(), &extra);
+    // The console declares the destinations streams it reads.
+    let guard = support::TopologyGuard::new(&switchyard::Config::from_yaml(&yaml).expect("config"));
     let config = dir.path().join("switchyard.yaml");
-    std::fs::write(
-        &config,
-        support::test_config_yaml(&prefix, dir.path(), &extra),
-    )
-    .expect("write the config");
+    std::fs::write(&config, yaml).expect("write the config");
     let config = config.to_str().expect("utf-8 path");
 
     // Without console.listen it says what to set.
@@ -418,4 +417,5 @@ async fn the_console_command_serves_it_alone() {
         .expect("it stops")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+    guard.delete().await;
 }

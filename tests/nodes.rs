@@ -102,6 +102,10 @@ async fn the_service_connects_through_the_next_node_and_keeps_existing_replica_c
         .await;
     wait_until("the event delivered", async || fake.count() == 1).await;
 
+    // `topology` with config/switchyard.yaml declares that file's retry tiers too, not the test's.
+    let declared = TopologyGuard::new(
+        &Config::from_yaml(&format!("amqp: {{ prefix: {} }}", h.prefix)).expect("config"),
+    );
     let ran = run_switchyard(
         &["topology", "--config", "config/switchyard.yaml"],
         &[
@@ -116,4 +120,5 @@ async fn the_service_connects_through_the_next_node_and_keeps_existing_replica_c
         .await;
     wait_until("the service still delivers", async || fake.count() == 2).await;
     h.finish().await;
+    declared.delete().await;
 }
