@@ -59,7 +59,8 @@ pub async fn run(
         "router",
         app.config.router.prefetch,
     );
-    // A task that could not publish reports here: the channel is gone, the session must restart.
+    // A task that could not publish reports here (the channel is gone), or whose messages have been
+    // refused for Refusal::RECONNECT_AFTER: the session must restart.
     let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<BrokerError>(1);
     let linger = Linger::new(app.config.router.publish_linger);
     let ended = loop {
