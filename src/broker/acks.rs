@@ -108,7 +108,16 @@ impl Refusals {
             .min(Self::LONGEST);
         let now = Instant::now();
         let lasted = match self.since.lock() {
-            Ok(mut since) => now.saturating_duration_since(*since.get_or_insert(now)),
+            Ok(mut since) => {
+                // The first refusal of a streak starts its clock, whatever an earlier streak
+                // left: an ack racing a refusal on another task can clear `since` before that
+                // refusal sets it, and a start kept from then would end a later streak's session
+                // at its first refusal.
+                if streak == 0 {
+                    *since = Some(now);
+                }
+                now.saturating_duration_since(*since.get_or_insert(now))
+            }
             Err(_) => Duration::ZERO,
         };
         Refusal { wait, lasted }
@@ -418,6 +427,19 @@ mod tests {
         refusals.confirmed();
         refusals.confirmed();
         assert_eq!(refusals.refused().wait, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_streak_starts_its_own_clock_whatever_an_earlier_one_left() {
+        // What an ack racing a refusal can leave: no streak, and the start of an old one.
+        let refusals = Refusals {
+            streak: AtomicU32::new(0),
+            since: std::sync::Mutex::new(Some(Instant::now())),
+        };
+        tokio::time::advance(Refusal::RECONNECT_AFTER * 2).await;
+        let first = refusals.refused();
+        assert_eq!(first.lasted, Duration::ZERO);
+        assert!(!first.calls_for_a_new_session());
     }
 
     #[tokio::test(start_paused = true)]
