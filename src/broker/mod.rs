@@ -60,13 +60,14 @@ pub async fn cancel_consumer(channel: &Channel, tag: &str) {
     }
 }
 
-/// Awaits a close for at most [`CLOSE_TIMEOUT`]; says so (debug) when it gave up.
+/// Awaits a close (or a consumer's cancel) for at most [`CLOSE_TIMEOUT`]; says so (debug) when it
+/// gave up.
 async fn within_close_timeout(close: impl Future, what: &str) {
     if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
         tracing::debug!(
             what,
             timeout_s = CLOSE_TIMEOUT.as_secs(),
-            "no close-ok from the broker; dropping it as it is"
+            "no answer from the broker (close-ok or cancel-ok); dropping it as it is"
         );
     }
 }
