@@ -96,28 +96,15 @@ fn keys(fake: &FakeServer) -> (BTreeSet<String>, usize) {
     })
 }
 
-/// Where the test's traffic goes: the cluster, a node never stopped or killed (for a failure's
-/// diagnosis) and the queues the stream goes through.
-struct Watched<'a> {
-    cluster: &'a Cluster,
-    live: usize,
-    queues: Vec<String>,
-}
+/// The node of the cluster that is never stopped or killed: where a failure is diagnosed.
+const LIVE_NODE: usize = 2;
 
-/// The test's [`Watched`]: node c is never stopped or killed.
-fn watched<'a>(cluster: &'a Cluster, prefix: &str) -> Watched<'a> {
-    Watched {
-        cluster,
-        live: 2,
-        queues: vec![format!("{prefix}.router"), format!("{prefix}.action.http")],
-    }
-}
-
-/// Waits until `count` more distinct keys arrived (the service must keep running).
+/// Waits until `count` more distinct keys arrived (the service must keep running); on a timeout
+/// the message has what the cluster says of `prefix`'s router and http queues.
 async fn more_delivered(
     service: &mut Process,
     fake: &FakeServer,
-    watched: &Watched<'_>,
+    (cluster, prefix): (&Cluster, &str),
     what: &str,
     count: usize,
 ) {
@@ -130,10 +117,8 @@ async fn more_delivered(
             let logs = service.logs();
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();
             // And what the broker says of the queues the stream goes through.
-            let broker = watched
-                .cluster
-                .diagnose(watched.live, &watched.queues)
-                .await;
+            let queues = [format!("{prefix}.router"), format!("{prefix}.action.http")];
+            let broker = cluster.diagnose(LIVE_NODE, &queues).await;
             panic!(
                 "timed out after 60s waiting for {what}: {} of {target} delivered; the service's last log lines:\n{}\n{broker}",
                 keys(fake).0.len(),
@@ -211,7 +196,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
-        &watched(&cluster, &prefix),
+        (&cluster, &prefix),
         "the stream flowing",
         300,
     )
@@ -224,7 +209,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
-        &watched(&cluster, &prefix),
+        (&cluster, &prefix),
         "deliveries while the follower is down",
         200,
     )
@@ -241,7 +226,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
-        &watched(&cluster, &prefix),
+        (&cluster, &prefix),
         "deliveries after the follower is back",
         200,
     )
@@ -284,7 +269,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
-        &watched(&cluster, &prefix),
+        (&cluster, &prefix),
         "deliveries through the new node",
         1,
     )
@@ -293,7 +278,7 @@ async fn the_service_moves_to_a_live_node_when_its_node_dies_and_delivers_everyt
     more_delivered(
         &mut service,
         &fake,
-        &watched(&cluster, &prefix),
+        (&cluster, &prefix),
         "the stream flowing after the move",
         400,
     )

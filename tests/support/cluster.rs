@@ -348,7 +348,12 @@ impl Cluster {
 
     /// `rabbitmqctl -n <node i> <args>`; its output, or why it failed.
     pub async fn try_ctl(&self, i: usize, args: &[&str]) -> Result<String, String> {
-        let output = tokio::process::Command::new(self.scripts.join("rabbitmqctl"))
+        self.try_tool("rabbitmqctl", i, args).await
+    }
+
+    /// One of RabbitMQ's command-line tools (`rabbitmqctl`, `rabbitmq-queues`) against node `i`.
+    async fn try_tool(&self, tool: &str, i: usize, args: &[&str]) -> Result<String, String> {
+        let output = tokio::process::Command::new(self.scripts.join(tool))
             .env("HOME", self.home.path())
             .arg("-n")
             .arg(&self.nodes[i].name)
@@ -357,7 +362,7 @@ impl Cluster {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| format!("rabbitmqctl: {e}"))?;
+            .map_err(|e| format!("{tool}: {e}"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         match output.status.success() {
             true => Ok(stdout),
@@ -372,35 +377,19 @@ impl Cluster {
     /// member's raft state and log and commit indexes (`rabbitmq-queues quorum_status`) and the
     /// leader each queue's record names; then every node's last log lines.
     pub async fn diagnose(&self, i: usize, queues: &[String]) -> String {
+        let node = &self.nodes[i].name;
         let mut report = String::new();
         for queue in queues {
-            let status = tokio::process::Command::new(self.scripts.join("rabbitmq-queues"))
-                .env("HOME", self.home.path())
-                .args(["-n", &self.nodes[i].name, "quorum_status", queue])
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            let text = match tokio::time::timeout(Duration::from_secs(30), status).await {
-                Ok(Ok(output)) => format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ),
-                Ok(Err(e)) => format!("rabbitmq-queues: {e}"),
-                Err(_) => "rabbitmq-queues: no answer in 30 s".to_owned(),
-            };
-            report.push_str(&format!(
-                "quorum_status {queue} on {}:\n{text}\n",
-                self.nodes[i].name
-            ));
+            let args = ["quorum_status", queue.as_str()];
+            let text = answer_within_30_s(self.try_tool("rabbitmq-queues", i, &args)).await;
+            report.push_str(&format!("quorum_status {queue} on {node}:\n{text}\n"));
         }
         // Which leader each queue's record names (the channels route by it).
-        let listed = self.try_ctl(i, &["list_queues", "name", "leader", "online", "--quiet"]);
-        match tokio::time::timeout(Duration::from_secs(30), listed).await {
-            Ok(Ok(text)) => report.push_str(&format!("list_queues name leader online:\n{text}\n")),
-            Ok(Err(e)) => report.push_str(&format!("list_queues: {e}\n")),
-            Err(_) => report.push_str("list_queues: no answer in 30 s\n"),
-        }
+        let args = ["list_queues", "name", "leader", "online", "--quiet"];
+        let text = answer_within_30_s(self.try_tool("rabbitmqctl", i, &args)).await;
+        report.push_str(&format!(
+            "list_queues name leader online on {node}:\n{text}\n"
+        ));
         for node in &self.nodes {
             report.push_str(&format!(
                 "{}'s last log lines:\n{}\n",
@@ -439,6 +428,15 @@ impl Cluster {
     /// `kill -9` of node `i`'s Erlang VM: no goodbye to the cluster or the clients.
     pub fn kill9(&mut self, i: usize) {
         kill_node(&mut self.nodes[i]);
+    }
+}
+
+/// A tool's output or why it failed, or that it did not answer in 30 s (a failure message must not
+/// hang on a stuck node).
+async fn answer_within_30_s(ran: impl Future<Output = Result<String, String>>) -> String {
+    match tokio::time::timeout(Duration::from_secs(30), ran).await {
+        Ok(Ok(text) | Err(text)) => text,
+        Err(_) => "no answer in 30 s".to_owned(),
     }
 }
 
