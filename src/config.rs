@@ -19,7 +19,7 @@ amqp:
 router:
   prefetch: 256
   max_event_bytes: 262144
-  publish_linger: 2ms
+  publish_linger: 1ms
 worker:
   concurrency: 128
   prefetch: 256
@@ -787,7 +787,7 @@ mod tests {
         assert_eq!(c.amqp.connect_timeout, Duration::from_secs(15));
         assert_eq!(c.router.prefetch, 256);
         assert_eq!(c.router.max_event_bytes, 262_144);
-        assert_eq!(c.router.publish_linger, Duration::from_millis(2));
+        assert_eq!(c.router.publish_linger, Duration::from_millis(1));
         assert_eq!(c.worker.connectors.len(), 5);
         assert_eq!(c.retry.schedule.len(), 7);
         assert_eq!(c.retry.schedule[2], Duration::from_secs(120));

@@ -127,7 +127,7 @@ const ROUTER_CONSUMER: &str = "switchyard-router";
 /// broker spend twice as much CPU per message at half speed as at full speed. So an event's
 /// messages wait for the next multiple of `router.publish_linger` counted from a common origin:
 /// the tasks waiting for one boundary wake in the same timer tick and lapin writes their frames in
-/// one go. The wait is at most one period (2 ms by default), before the first publish only.
+/// one go. The wait is at most one period (1 ms by default), before the first publish only.
 #[derive(Debug, Clone, Copy)]
 struct Linger {
     /// Where the periods are counted from.
