@@ -232,6 +232,25 @@ fn release_freed_memory() {
     }
 }
 
+/// Puts every thread's allocations in one glibc malloc arena, unless `MALLOC_ARENA_MAX` is set
+/// (then glibc has read it already). Call before the first thread starts.
+///
+/// glibc gives threads that meet on its lock arenas of their own (up to eight per core), each
+/// keeping what its threads freed: the runtime's workers, lapin's I/O thread and the blocking
+/// pool then hold several partly used heaps. In seven ABAB pairs of `switchyard-bench` (dist
+/// build, N = 50,000) one arena took the service's peak RSS from 34.2–36.9 MiB (median 35.9) to
+/// 32.3–34.4 (median 33.3), with the same CPU per action (median 0.077 ms both): threads still
+/// take most small blocks from their own cache (tcache) without the lock.
+pub fn use_one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt takes two integers and changes a glibc setting under its own lock.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 /// A started service.
 pub struct Service {
     /// Shared state (tests inspect it).

@@ -84,6 +84,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    switchyard::app::use_one_malloc_arena();
     // Bad arguments are a user error (exit 1, SPEC §4); clap's own default would be 2, which
     // means "unreachable" here. --help and --version print and exit 0.
     let args = match Args::try_parse() {

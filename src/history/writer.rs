@@ -8,6 +8,10 @@
 //! 100 and 1,000, two alternating rounds each): unnest 20.6k–22.8k rows/s, COPY 20.5k–25.6k rows/s,
 //! within the noise of each other: index maintenance, not the wire format, is the cost. `unnest`
 //! was kept: a plain statement fails and retries as a unit, with no COPY state to unwind.
+//! Measured again inside the pipeline (`switchyard-bench --history-url …`, three ABAB pairs,
+//! release build): `BinaryCopyInWriter` cut PostgreSQL's CPU per action from 0.013 to 0.011 ms,
+//! but encoding 22 values per row through it cost the service about 0.01 ms more, and
+//! throughput fell from 8,835–9,229 to 8,112–8,591 actions/s.
 //!
 //! While PostgreSQL is away the batch in hand is kept and retried with backoff, and the writer
 //! stops taking rows: the channel (`history.buffer_rows`, plus the at most [`BATCH_ROWS`] in hand) is
