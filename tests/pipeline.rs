@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use support::http_attempts as attempts;
-use support::{AfterGet, FakeServer, Harness, Recorded, Reply, event, repo_root, wait_until};
+use support::{
+    AMQP_URL, AfterGet, FakeServer, Harness, Recorded, Reply, event, repo_root, wait_until,
+};
 use switchyard::broker::message::action_id;
 
 /// A random secret value, so that a leak cannot be a coincidence.
@@ -830,5 +832,64 @@ workflows:
         "the secret reached the dead-letter headers:\n{headers}"
     );
     assert!(!String::from_utf8_lossy(&record.body).contains(&token));
+    h.finish().await;
+}
+
+/// The service asks the broker for 16 KiB frames (`broker::FRAME_MAX`: lapin keeps 32 frames of
+/// buffer each way per connection). An event many frames long still reaches the remote whole,
+/// through the router's and the worker's connections, and a URL that names its own `frame_max`
+/// keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_many_frames_long_arrives_whole_and_frames_are_small_unless_the_url_says() {
+    let fake = FakeServer::start(|_| Reply::json(200, &json!({ "ok": true }))).await;
+    let workflows = r#"
+workflows:
+  - id: large
+    workspace: ws_demo
+    trigger: { event: Gameplay.DataCaptured }
+    actions:
+      - { id: post, http: { url: "@FAKE@/large", body: '{"event": "{{ event.id }}", "padding": "{{ data.padding }}"}' } }
+"#
+    .replace("@FAKE@", &fake.url());
+    let h = Harness::start("frames", &workflows, "", &[]).await;
+    // 100 KiB: more than six 16 KiB frames, under router.max_event_bytes (256 KiB).
+    let padding: String = (0..100 * 1024u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut large = event("evt_frames", "Gameplay.DataCaptured");
+    large["data"]["padding"] = json!(padding);
+    h.publish(&large).await;
+    h.wait_metric(&attempts("success"), 1.0).await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "exactly one call");
+    let arrived = requests[0].json()["padding"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        arrived == padding,
+        "the padding arrived whole: {} of {} bytes",
+        arrived.len(),
+        padding.len()
+    );
+
+    let negotiated = async |url: String| {
+        let connected = switchyard::broker::connect_from(
+            &[url],
+            0,
+            "switchyard frames test",
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("the test broker on 127.0.0.1:5672 is up");
+        let frame_max = connected.connection.configuration().frame_max();
+        let _ = connected.connection.close(200, "done".into()).await;
+        frame_max
+    };
+    assert_eq!(
+        negotiated(AMQP_URL.to_owned()).await,
+        switchyard::broker::FRAME_MAX
+    );
+    assert_eq!(negotiated(format!("{AMQP_URL}?frame_max=8192")).await, 8192);
     h.finish().await;
 }
