@@ -6,12 +6,19 @@ use serde::Serialize;
 
 use crate::procfs::CpuUse;
 
+// Issue 17's targets.
 /// Actions/s must reach this share of the broker's ceiling (in actions: messages/s ÷ 2).
-const TARGET_RATIO_PCT: f64 = 50.0;
+const TARGET_RATIO_PCT: f64 = 85.0;
+/// With K > 1 calls per event: calls/s against the ceiling's rate for 1 + K messages per K calls.
+const TARGET_FANOUT_RATIO_PCT: f64 = 80.0;
+/// The service's CPU per action at full speed, one action per event.
+const TARGET_SERVICE_CPU_MS: f64 = 0.08;
+/// p50 publish → arrival at half the maximum rate.
+const TARGET_P50_MS: f64 = 4.0;
 /// p99 publish → arrival at half the maximum rate.
-const TARGET_P99_MS: f64 = 50.0;
-/// Peak resident memory of the service.
-const TARGET_RSS_MIB: f64 = 100.0;
+const TARGET_P99_MS: f64 = 10.0;
+/// Peak resident memory of the service, without extra workflows or run history.
+const TARGET_RSS_MIB: f64 = 32.0;
 
 /// The broker's ceiling.
 #[derive(Debug, Clone, Serialize)]
@@ -257,15 +264,38 @@ impl Report {
         };
         let mut targets = Vec::new();
         if let Some(ratio) = self.ratio_pct() {
+            let limit = if self.actions_per_event > 1 {
+                TARGET_FANOUT_RATIO_PCT
+            } else {
+                TARGET_RATIO_PCT
+            };
             targets.push(target(
                 "actions/s vs broker ceiling (K calls per 1+K msgs)",
                 ratio,
-                TARGET_RATIO_PCT,
+                limit,
                 "%",
-                ratio >= TARGET_RATIO_PCT,
+                ratio >= limit,
+            ));
+        }
+        if self.actions_per_event == 1
+            && let Some(cpu) = self.throughput.as_ref().and_then(|t| t.cpu.service_ms)
+        {
+            targets.push(target(
+                "service CPU per action at full speed",
+                cpu,
+                TARGET_SERVICE_CPU_MS,
+                "ms",
+                cpu <= TARGET_SERVICE_CPU_MS,
             ));
         }
         if let Some(latency) = &self.latency {
+            targets.push(target(
+                "p50 publish → arrival at half rate",
+                latency.p50_ms,
+                TARGET_P50_MS,
+                "ms",
+                latency.p50_ms <= TARGET_P50_MS,
+            ));
             targets.push(target(
                 "p99 publish → arrival at half rate",
                 latency.p99_ms,
@@ -274,7 +304,12 @@ impl Report {
                 latency.p99_ms <= TARGET_P99_MS,
             ));
         }
-        if let Some(rss) = self.rss_mib() {
+        let plain = self.workflows == 0
+            && self
+                .settings
+                .as_ref()
+                .is_none_or(|s| s.history_schema.is_none());
+        if plain && let Some(rss) = self.rss_mib() {
             targets.push(target(
                 "peak RSS of the service",
                 rss,
@@ -473,9 +508,13 @@ impl Report {
                     out,
                     "{:<44} {:>10} {:>10}  {}",
                     t.name,
-                    format!("{:.1} {}", t.measured, t.unit),
+                    if t.measured < 1.0 {
+                        format!("{:.3} {}", t.measured, t.unit)
+                    } else {
+                        format!("{:.1} {}", t.measured, t.unit)
+                    },
                     format!(
-                        "{} {:.0} {}",
+                        "{} {} {}",
                         if t.unit == "%" { "≥" } else { "≤" },
                         t.limit,
                         t.unit
