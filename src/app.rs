@@ -5,8 +5,8 @@
 //! abandoned unacked (the broker redelivers it), and a fresh connection is built with backoff.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -220,34 +220,29 @@ impl Shared {
     }
 }
 
+/// How the binary's allocator hands freed memory back to the system (see [`set_memory_release`]).
+static MEMORY_RELEASE: OnceLock<fn()> = OnceLock::new();
+
+/// Tells the library how the process's allocator hands freed memory back: `switchyard` runs on
+/// jemalloc and purges its arena. Without it (the tests, the bench) glibc's `malloc_trim` does.
+/// Set once, before the service starts; later calls change nothing.
+pub fn set_memory_release(release: fn()) {
+    let _ = MEMORY_RELEASE.set(release);
+}
+
 /// Hands the memory a workflow load freed (the parsed files, the replaced catalog) back to the
-/// system. glibc keeps freed memory in the arena of the thread that freed it, and a load of ten
-/// thousand workflows frees tens of MiB that the pipeline's threads, allocating in their own
-/// arenas, would never reuse: without this it stays resident until the process exits.
+/// system at once: a load of ten thousand workflows frees tens of MiB. glibc keeps freed memory
+/// in the arena of the thread that freed it, where the pipeline's threads would never reuse it;
+/// jemalloc would return it only as it decays, over seconds of later allocations.
 fn release_freed_memory() {
+    if let Some(release) = MEMORY_RELEASE.get() {
+        release();
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointer; it walks glibc's own arenas under their locks.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Puts every thread's allocations in one glibc malloc arena, unless `MALLOC_ARENA_MAX` is set
-/// (then glibc has read it already). Call before the first thread starts.
-///
-/// glibc gives threads that meet on its lock arenas of their own (up to eight per core), each
-/// keeping what its threads freed: the runtime's workers, lapin's I/O thread and the blocking
-/// pool then hold several partly used heaps. In seven ABAB pairs of `switchyard-bench` (dist
-/// build, N = 50,000) one arena took the service's peak RSS from 34.2–36.9 MiB (median 35.9) to
-/// 32.3–34.4 (median 33.3), with the same CPU per action (median 0.077 ms both): threads still
-/// take most small blocks from their own cache (tcache) without the lock.
-pub fn use_one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt takes two integers and changes a glibc setting under its own lock.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
     }
 }
 

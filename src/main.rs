@@ -84,7 +84,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    switchyard::app::use_one_malloc_arena();
+    #[cfg(target_os = "linux")]
+    switchyard::app::set_memory_release(allocator::purge);
     // Bad arguments are a user error (exit 1, SPEC §4); clap's own default would be 2, which
     // means "unreachable" here. --help and --version print and exit 0.
     let args = match Args::try_parse() {
@@ -251,6 +252,91 @@ async fn wait_for_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The service's allocator: jemalloc with one arena.
+///
+/// Against glibc's malloc (with one arena too), jemalloc cut the service's CPU per action by about
+/// an eighth in interleaved runs of `switchyard-bench` (median 0.236 against 0.270 ms over eight
+/// each): many of the pipeline's blocks are allocated on one thread (lapin's I/O thread, a runtime
+/// worker) and freed on another, which glibc pays for in locks and consolidation. One arena
+/// instead of jemalloc's default of four per CPU keeps the peak RSS within a MiB of glibc's (each
+/// arena keeps its own partly used pages: 29.3 MiB with the default). `_RJEM_MALLOC_CONF` in the
+/// environment overrides these options.
+#[cfg(target_os = "linux")]
+mod allocator {
+    use std::ffi::CStr;
+    use std::ptr;
+
+    #[global_allocator]
+    static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+    /// jemalloc's compiled-in options, read before `main` (the crate builds it with the `_rjem_`
+    /// symbol prefix, so its `malloc_conf` is `_rjem_malloc_conf`).
+    #[unsafe(export_name = "_rjem_malloc_conf")]
+    static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
+    /// Hands every arena's unused dirty pages back to the system now, rather than as they decay.
+    pub fn purge() {
+        // MALLCTL_ARENAS_ALL: every arena.
+        if let Err(code) = write_only(c"arena.4096.purge") {
+            tracing::debug!(code, "jemalloc purge refused");
+        }
+    }
+
+    /// Runs a mallctl that takes and returns nothing.
+    fn write_only(name: &CStr) -> Result<(), i32> {
+        // SAFETY: a NUL-terminated name and null pointers for a control without values.
+        let code = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        if code == 0 { Ok(()) } else { Err(code) }
+    }
+
+    /// Reads an `unsigned` option.
+    #[cfg(test)]
+    fn read_unsigned(name: &CStr) -> Result<u32, i32> {
+        let mut value: u32 = 0;
+        let mut len = size_of::<u32>();
+        // SAFETY: `value` and `len` outlive the call and `len` is `value`'s size, as mallctl
+        // expects of an `unsigned` option.
+        let code = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&raw mut value).cast::<std::ffi::c_void>(),
+                &raw mut len,
+                ptr::null_mut(),
+                0,
+            )
+        };
+        if code == 0 { Ok(value) } else { Err(code) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_allocator_is_jemalloc_with_its_compiled_in_single_arena() {
+            // Without MALLOC_CONF being read, jemalloc would answer four arenas per CPU.
+            assert_eq!(read_unsigned(c"opt.narenas"), Ok(1));
+        }
+
+        #[test]
+        fn a_purge_of_every_arena_is_accepted() {
+            let blocks: Vec<Vec<u8>> = (0..4096).map(|i| vec![(i % 251) as u8; 4096]).collect();
+            drop(blocks);
+            assert_eq!(write_only(c"arena.4096.purge"), Ok(()));
+            // A name jemalloc does not know is refused (so the Ok above means something).
+            assert!(write_only(c"arena.4096.no-such-control").is_err());
         }
     }
 }
