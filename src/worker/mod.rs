@@ -125,12 +125,16 @@ pub async fn run(
         };
         // The slot goes with the job's task: the HTTP client gives it back while the job waits
         // for a busy host (connectors::bulkhead). So does the trace: every call the job makes
-        // sends it, with a span of its own.
+        // sends it, with a span of its own. The job's future (the HTTP call's state included) is
+        // boxed where it is made: each wrapper and the spawn would otherwise copy all of it.
         tracker.spawn(
             app.faults.guard(
                 "worker job",
                 WORKER_SLOT
-                    .scope(slot, trace::CURRENT.scope(trace, job.process(delivery)))
+                    .scope(
+                        slot,
+                        trace::CURRENT.scope(trace, Box::pin(job.process(delivery))),
+                    )
                     .instrument(span),
             ),
         );
