@@ -510,9 +510,8 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 async fn connect(url: &str, name: &str, timeout: Duration) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let context = || format!("connecting to {}", redact_url(url));
-    let mut uri = url
-        .parse::<lapin::uri::AMQPUri>()
-        .map_err(|e| lapin::Error::from(std::io::Error::other(e.replace(url, "the URL"))))
+    let mut uri = parse_url(url)
+        .map_err(|e| lapin::Error::from(std::io::Error::other(e)))
         .context(context())?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     // Bounded: something that accepts the TCP connection and never speaks AMQP (a wrong port, a
@@ -533,8 +532,12 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         return Err("must start with amqp:// or amqps://".into());
     }
+    parse_url(url).map(drop)
+}
+
+/// Reads a node URL as lapin does; the error never repeats the URL (it may hold a password).
+fn parse_url(url: &str) -> Result<lapin::uri::AMQPUri, String> {
     url.parse::<lapin::uri::AMQPUri>()
-        .map(drop)
         .map_err(|e| e.replace(url, "the URL"))
 }
 
