@@ -6,14 +6,16 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::{
+    Acker, BasicProperties, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
 use switchyard::broker::Topology;
 
 use crate::event::{EventFactory, now_us};
@@ -205,23 +207,41 @@ pub async fn ceiling(
     })
 }
 
-/// The broker's latency floor for what the service does, with no work in between: events are
-/// published at `rate` per second to quorum queue `first`; a relay on one connection (as the
-/// service has) republishes each to quorum queue `second` and acks it once the copy is confirmed
-/// (the router's pattern); a consumer of `second` acks each copy on its own. Both
-/// consumers use `prefetch`. Returns publish → second delivery latencies in µs, sorted, and
-/// deletes both queues.
+/// What a bare relay carried.
+#[derive(Debug, Clone)]
+pub struct RelayRun {
+    /// Copies that reached the end of the second hop (`count × copies`).
+    pub arrived: u64,
+    /// From the first publish to the last copy's arrival.
+    pub elapsed: Duration,
+    /// Publish → arrival of each copy in µs, sorted (only when paced: at full speed the bench
+    /// does not read the bodies, so that the relay's own CPU stays what the broker needs).
+    pub latencies_us: Vec<u64>,
+}
+
+/// Deliveries a relay hop settles with one `multiple` ack at most (as the service's
+/// `broker::acks`); fewer when nothing more is waiting.
+const RELAY_ACK_BATCH: u64 = 64;
+
+/// What the service does to the broker, with no work in between: events are published (`pace`)
+/// to quorum queue `first`; a relay on one connection (as the service has) republishes each as
+/// `copies` messages to quorum queue `second` on one confirm channel and acks the event once its
+/// copies are confirmed (the router's pattern); a consumer of `second` acks the copies (the
+/// worker's). Both acks are coalesced as the service's are: one `multiple` ack per contiguous run
+/// of at most 64, or at once when nothing more is waiting. Both consumers use `prefetch`.
+/// Deletes both queues.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay_latency(
+pub async fn relay(
     url: &str,
     first: &str,
     second: &str,
     events: &EventFactory,
     count: u64,
-    rate: f64,
+    copies: u64,
+    pace: Pace,
     window: usize,
     prefetch: u16,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<RelayRun> {
     let publisher = connect(url, "switchyard-bench relay publisher").await?;
     let relay = connect(url, "switchyard-bench relay").await?;
     let setup = relay.create_channel().await.context("opening a channel")?;
@@ -255,6 +275,31 @@ pub async fn relay_latency(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("enabling publisher confirms")?;
+    // The relay publishes; its acker waits for each event's confirms, in order, and acks.
+    let (settled, mut to_settle) =
+        tokio::sync::mpsc::unbounded_channel::<(Vec<PublisherConfirm>, Acker)>();
+    let settling = tokio::spawn(async move {
+        let mut batch = Batch::default();
+        loop {
+            let next = match to_settle.try_recv() {
+                Ok(next) => next,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    batch.flush().await?;
+                    match to_settle.recv().await {
+                        Some(next) => next,
+                        None => break,
+                    }
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            let (pending, acker) = next;
+            for confirm in pending {
+                confirmed(confirm, "the relay").await?;
+            }
+            batch.add(acker).await?;
+        }
+        batch.flush().await
+    });
     let to = second.to_owned();
     let relaying = tokio::spawn(async move {
         let options = BasicPublishOptions {
@@ -263,59 +308,65 @@ pub async fn relay_latency(
         };
         while let Some(delivery) = hop_one.next().await {
             let delivery = delivery.context("relay consumer")?;
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            let confirm = confirms
-                .basic_publish(
-                    "".into(),
-                    to.as_str().into(),
-                    options,
-                    &delivery.data,
-                    properties,
-                )
-                .await
-                .context("relaying")?;
-            tokio::spawn(async move {
-                if confirmed(confirm, "the relay").await.is_ok() {
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                }
-            });
+            let mut pending = Vec::with_capacity(copies as usize);
+            for _ in 0..copies {
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                let confirm = confirms
+                    .basic_publish(
+                        "".into(),
+                        to.as_str().into(),
+                        options,
+                        &delivery.data,
+                        properties,
+                    )
+                    .await
+                    .context("relaying")?;
+                pending.push(confirm);
+            }
+            if settled.send((pending, delivery.acker)).is_err() {
+                break;
+            }
         }
         anyhow::Ok(())
     });
+    let expected = count * copies;
+    let timed = matches!(pace, Pace::PerSecond(_));
     let consuming = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(count as usize);
-        while (latencies.len() as u64) < count {
-            let delivery = match hop_two.next().await {
+        let mut latencies = Vec::with_capacity(if timed { expected as usize } else { 0 });
+        let mut batch = Batch::default();
+        let mut arrived = 0;
+        while arrived < expected {
+            let next = match hop_two.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    batch.flush().await?;
+                    hop_two.next().await
+                }
+            };
+            let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(anyhow::Error::new(e).context("consuming")),
                 None => bail!("the relay's consumer was cancelled"),
             };
-            let now = now_us();
-            let sent = serde_json::from_slice::<serde_json::Value>(&delivery.data)
-                .ok()
-                .and_then(|v| v.get("data")?.get("sent_at_us")?.as_u64())
-                .unwrap_or(now);
-            latencies.push(now.saturating_sub(sent));
-            delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .context("acking")?;
+            arrived += 1;
+            if timed {
+                let now = now_us();
+                let sent = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                    .ok()
+                    .and_then(|v| v.get("data")?.get("sent_at_us")?.as_u64())
+                    .unwrap_or(now);
+                latencies.push(now.saturating_sub(sent));
+            }
+            batch.add(delivery.acker).await?;
         }
-        Ok(latencies)
+        let last = Instant::now();
+        batch.flush().await?;
+        Ok((last, latencies))
     });
-    let published = publish(
-        &publisher,
-        "",
-        first,
-        0..count,
-        events,
-        window,
-        Pace::PerSecond(rate),
-    )
-    .await;
+    let started = Instant::now();
+    let published = publish(&publisher, "", first, 0..count, events, window, pace).await;
     let result = match published {
         Ok(_) => consuming.await.context("the relay's consumer panicked")?,
         Err(e) => {
@@ -324,6 +375,7 @@ pub async fn relay_latency(
         }
     };
     relaying.abort();
+    settling.abort();
     for queue in [first, second] {
         let channel = relay.create_channel().await.context("opening a channel")?;
         channel
@@ -333,9 +385,44 @@ pub async fn relay_latency(
     }
     let _ = relay.close(200, "done".into()).await;
     let _ = publisher.close(200, "done".into()).await;
-    let mut latencies = result?;
-    latencies.sort_unstable();
-    Ok(latencies)
+    let (last, mut latencies_us) = result?;
+    latencies_us.sort_unstable();
+    Ok(RelayRun {
+        arrived: expected,
+        elapsed: last - started,
+        latencies_us,
+    })
+}
+
+/// Deliveries of one channel settled but not yet acked: the latest one's acker acks them all.
+#[derive(Default)]
+struct Batch {
+    latest: Option<Acker>,
+    count: u64,
+}
+
+impl Batch {
+    /// Adds a settled delivery; acks the run once it holds [`RELAY_ACK_BATCH`].
+    async fn add(&mut self, acker: Acker) -> anyhow::Result<()> {
+        self.latest = Some(acker);
+        self.count += 1;
+        if self.count >= RELAY_ACK_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Acks every delivery up to the latest at once.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.count = 0;
+        if let Some(acker) = self.latest.take() {
+            acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .context("acking")?;
+        }
+        Ok(())
+    }
 }
 
 /// A tap on the service's action messages: a transient queue bound next to the action queue

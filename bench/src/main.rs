@@ -44,7 +44,7 @@ use switchyard::broker::Topology;
 use crate::amqp::Pace;
 use crate::event::EventFactory;
 use crate::procfs::{CpuClock, CpuSample};
-use crate::report::{Ceiling, Latency, Report, Settings, Throughput};
+use crate::report::{Ceiling, Latency, Relay, Report, Settings, Throughput};
 use crate::service::{Child, Overrides};
 use crate::sink::{Sink, Wait};
 
@@ -120,9 +120,13 @@ struct Args {
     /// meanwhile, which a phase of a few seconds would otherwise catch in some runs and not others.
     #[arg(long)]
     wal_as_is: bool,
-    /// Measure the broker ceiling only (no service).
+    /// Measure the broker ceiling (and the bare relay, unless --no-relay) only: no service.
     #[arg(long)]
     ceiling_only: bool,
+    /// Skip the bare relay: the service's two hops, confirms and coalesced acks at full speed
+    /// with no work in between, which shows how much of the ceiling any two-hop client reaches.
+    #[arg(long)]
+    no_relay: bool,
     /// Keep the queues, exchanges and the temporary directory (config, service log).
     #[arg(long)]
     keep: bool,
@@ -144,6 +148,9 @@ struct Args {
     #[arg(long, requires = "history_url")]
     history_pairs: Option<u32>,
 }
+
+/// `router.prefetch` and `worker.prefetch` by default (the bare relay's consumers use it too).
+const DEFAULT_PREFETCH: u16 = 256;
 
 /// Benchmarks other than the pipeline's.
 #[derive(Debug, clap::Subcommand)]
@@ -319,6 +326,45 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
         ack_batch: args.ceiling_ack_batch,
         wal_rollovers: procfs::wal_rollovers(wal_before, broker_pid.and_then(procfs::broker_wal)),
     });
+
+    // 1b. The same two hops with no work: what any relay reaches on this broker.
+    if !args.no_relay {
+        let queues = [
+            format!("{}.relay-1", run.prefix),
+            format!("{}.relay-2", run.prefix),
+        ];
+        run.extra_queues.extend(queues.iter().cloned());
+        eprintln!(
+            "bench: bare relay: {} events through two quorum queues, {} copies each, no work…",
+            args.events, args.actions_per_event
+        );
+        start_phase(args, broker_pid, &clock, &mut report).await;
+        let own = procfs::cpu_ticks(std::process::id());
+        let broker_before = broker_pid.and_then(procfs::cpu_ticks);
+        let relayed = amqp::relay(
+            &args.amqp_url,
+            &queues[0],
+            &queues[1],
+            &events,
+            args.events,
+            args.actions_per_event,
+            Pace::Flat,
+            args.window,
+            args.prefetch.unwrap_or(DEFAULT_PREFETCH),
+        )
+        .await?;
+        let broker_ms = clock.ms_between(broker_before, broker_pid.and_then(procfs::cpu_ticks));
+        let bench_ms = clock.ms_between(own, procfs::cpu_ticks(std::process::id()));
+        let secs = relayed.elapsed.as_secs_f64();
+        let per_action = |ms: Option<f64>| ms.map(|ms| ms / relayed.arrived as f64);
+        report.relay = Some(Relay {
+            events: args.events,
+            secs,
+            actions_per_s: relayed.arrived as f64 / secs,
+            broker_cpu_ms_per_action: per_action(broker_ms),
+            bench_cpu_ms_per_action: per_action(bench_ms),
+        });
+    }
     if args.ceiling_only {
         return Ok(report);
     }
@@ -603,22 +649,23 @@ impl Phases<'_> {
         let count = self.args.latency_events;
         eprintln!("bench: broker floor, a bare relay at {rate:.0}/s…");
         let cpu_before = self.cpu();
-        let floor = amqp::relay_latency(
+        let floor = amqp::relay(
             &self.args.amqp_url,
             &queues[0],
             &queues[1],
             self.events,
             count,
-            rate,
+            self.args.actions_per_event,
+            Pace::PerSecond(rate),
             self.args.window,
-            self.args.prefetch.unwrap_or(256),
+            self.args.prefetch.unwrap_or(DEFAULT_PREFETCH),
         )
         .await?;
         let cpu_after = self.cpu();
-        let mut floor = Latency::from_sorted(rate, &floor);
+        let mut latency = Latency::from_sorted(rate, &floor.latencies_us);
         let secs = count as f64 / rate;
-        floor.cpu = Some(cpu_before.until(&cpu_after, &self.clock, count, secs));
-        Ok(floor)
+        latency.cpu = Some(cpu_before.until(&cpu_after, &self.clock, floor.arrived, secs));
+        Ok(latency)
     }
 }
 

@@ -41,6 +41,21 @@ pub struct Ceiling {
     pub wal_rollovers: Option<u64>,
 }
 
+/// The bare relay at full speed: the service's two hops, confirms and coalesced acks, no work.
+#[derive(Debug, Clone, Serialize)]
+pub struct Relay {
+    /// Events relayed (each as `actions_per_event` copies).
+    pub events: u64,
+    /// First publish → last copy's arrival.
+    pub secs: f64,
+    /// Copies (actions) per second.
+    pub actions_per_s: f64,
+    /// The broker's CPU per copy.
+    pub broker_cpu_ms_per_action: Option<f64>,
+    /// The bench's CPU per copy (publisher, relay and consumer in one process).
+    pub bench_cpu_ms_per_action: Option<f64>,
+}
+
 /// The service's settings that matter for speed, as it ran.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -172,13 +187,15 @@ pub struct Report {
     pub clk_tck_assumed: bool,
     /// The broker's ceiling.
     pub ceiling: Option<Ceiling>,
+    /// The bare relay at full speed.
+    pub relay: Option<Relay>,
     /// The service's settings.
     pub settings: Option<Settings>,
     /// The throughput phase.
     pub throughput: Option<Throughput>,
     /// The latency phase.
     pub latency: Option<Latency>,
-    /// The broker alone doing what the service does (two hops, confirm then ack, per-message
+    /// The broker alone doing what the service does (two hops, confirm then ack, coalesced
     /// acks) at the latency phase's rate, with no work in between.
     pub broker_floor: Option<Latency>,
     /// The latency phase split at the action message (seen on a tap queue): publish → action
@@ -219,6 +236,7 @@ impl Report {
             clk_tck: 100,
             clk_tck_assumed: true,
             ceiling: None,
+            relay: None,
             settings: None,
             throughput: None,
             latency: None,
@@ -383,11 +401,37 @@ impl Report {
             );
             wal_line(&mut out, c.wal_rollovers);
         }
+        if let Some(r) = &self.relay {
+            let _ = writeln!(
+                out,
+                "bare relay      {} events, the same 2 hops/confirms/acks, no work: {:.0} actions/s{}",
+                r.events,
+                r.actions_per_s,
+                self.ceiling.as_ref().map_or_else(String::new, |c| format!(
+                    " = {:.1} % of the ceiling",
+                    100.0 * r.actions_per_s / self.ceiling_actions_per_s(c)
+                ))
+            );
+            let _ = writeln!(
+                out,
+                "                CPU per action: broker {}, bench (publisher + relay + consumer) {}",
+                ms(r.broker_cpu_ms_per_action),
+                ms(r.bench_cpu_ms_per_action)
+            );
+        }
         if let Some(t) = &self.throughput {
             let _ = writeln!(
                 out,
-                "throughput      {} events in {:.2} s = {:.0} events/s = {:.0} actions/s  (published at {:.0}/s)",
-                t.events, t.secs, t.events_per_s, t.actions_per_s, t.publish_per_s
+                "throughput      {} events in {:.2} s = {:.0} events/s = {:.0} actions/s  (published at {:.0}/s){}",
+                t.events,
+                t.secs,
+                t.events_per_s,
+                t.actions_per_s,
+                t.publish_per_s,
+                self.relay.as_ref().map_or_else(String::new, |r| format!(
+                    "\n                = {:.1} % of the bare relay",
+                    100.0 * t.actions_per_s / r.actions_per_s
+                ))
             );
             cpu_lines(&mut out, &t.cpu, t.actions_per_s, t.mean_call_ms);
         }
@@ -417,7 +461,7 @@ impl Report {
             if let Some(cpu) = &h.cpu {
                 let _ = writeln!(
                     out,
-                    "                CPU per event: broker {}, bench (publisher + relay + consumer) {}",
+                    "                CPU per action: broker {}, bench (publisher + relay + consumer) {}",
                     ms(cpu.broker_ms),
                     ms(cpu.bench_ms)
                 );
