@@ -1,6 +1,7 @@
 //! The router: one event in, one confirmed message per matching action out, then the ack.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -81,11 +82,12 @@ pub async fn run(
         };
         // Each event in its own task (at most router.prefetch): a publish waits for lapin to
         // write it, and this loop must not wait on that round trip once per event.
-        let (app, publisher, acks, failed_tx) = (
+        let (app, publisher, acks, failed_tx, linger) = (
             app.clone(),
             publisher.clone(),
             acks.clone(),
             failed_tx.clone(),
+            linger.clone(),
         );
         // The event's trace (or a new one), and the router's span in it: the parent of every
         // action message and, through them, of every outbound call.
@@ -96,7 +98,7 @@ pub async fn run(
             faults.guard(
                 "router event",
                 async move {
-                    match route(&app, &publisher, linger, &delivery, &trace).await {
+                    match route(&app, &publisher, &linger, &delivery, &trace).await {
                         Ok(routed) => settle(&app, &acks, &failed_tx, delivery, routed).await,
                         Err(e) => {
                             // Whatever it published is repeated when the event comes back.
@@ -124,47 +126,61 @@ const ROUTER_CONSUMER: &str = "switchyard-router";
 ///
 /// At a steady trickle every publish is its own write, and every write its own round of work
 /// in the broker (channel, queue, write-ahead log) and of thread wake-ups here, which made the
-/// broker spend twice as much CPU per message at half speed as at full speed. So an event's
-/// messages wait for the next multiple of `router.publish_linger` counted from a common origin:
-/// the tasks waiting for one boundary wake in the same timer tick and lapin writes their frames in
-/// one go. The wait is at most one period (1 ms by default), before the first publish only.
-#[derive(Debug, Clone, Copy)]
+/// broker spend twice as much CPU per message at half speed as at full speed. So the periods of
+/// `router.publish_linger` are counted from a common origin, and each period gets one write at
+/// its start: the first event ready in a period that has had none publishes at once; an event
+/// ready in a period that has had its write waits for the next boundary, with every other such
+/// event, so they wake in the same timer tick and lapin writes their frames in one go. A lone
+/// event (less than one per period) never waits; in a busy stream the wait is at most one period
+/// (1 ms by default), before the first publish only.
+#[derive(Debug, Clone)]
 struct Linger {
     /// Where the periods are counted from.
     origin: Instant,
-    /// `router.publish_linger`; zero publishes at once.
-    period: Duration,
+    /// `router.publish_linger` in nanoseconds; zero publishes at once.
+    period_ns: u64,
+    /// The last period (numbered from 1 since the origin) that has had, or has been promised,
+    /// its write; 0 before the first.
+    claimed: Arc<AtomicU64>,
 }
 
 impl Linger {
     fn new(period: Duration) -> Linger {
         Linger {
             origin: Instant::now(),
-            period,
+            period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+            claimed: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Waits until the next boundary.
-    async fn wait(self) {
+    /// Waits until this event may publish.
+    async fn wait(&self) {
         let now = Instant::now();
-        if let Some(wait) = until_next_boundary(now - self.origin, self.period) {
+        if let Some(wait) = self.delay(now - self.origin) {
             tokio::time::sleep_until(now + wait).await;
         }
     }
-}
 
-/// How long from `elapsed` (since the origin) to the next multiple of `period`; `None` for a zero
-/// period. A time on a boundary waits for the next one, so the wait is in (0, period].
-fn until_next_boundary(elapsed: Duration, period: Duration) -> Option<Duration> {
-    let period_ns = period.as_nanos();
-    if period_ns == 0 {
-        return None;
+    /// How long an event ready `elapsed` after the origin waits: `None` when its period has had
+    /// no write yet (it is that write), else until the next boundary (the next period's write).
+    fn delay(&self, elapsed: Duration) -> Option<Duration> {
+        if self.period_ns == 0 {
+            return None;
+        }
+        let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let period = elapsed_ns / self.period_ns + 1;
+        let before = self.claimed.fetch_max(period, Ordering::Relaxed);
+        if before < period {
+            return None;
+        }
+        // This period has its write: join the one promised to the next (the claim never runs
+        // further ahead than that, as only a waiting event makes it).
+        let next = period + 1;
+        self.claimed.fetch_max(next, Ordering::Relaxed);
+        Some(Duration::from_nanos(
+            (next - 1).saturating_mul(self.period_ns) - elapsed_ns,
+        ))
     }
-    let elapsed_ns = elapsed.as_nanos();
-    let next = (elapsed_ns / period_ns + 1) * period_ns;
-    Some(Duration::from_nanos(
-        u64::try_from(next - elapsed_ns).unwrap_or(u64::MAX),
-    ))
 }
 
 /// What routing an event produced: confirms to wait for before the ack.
@@ -179,7 +195,7 @@ struct Routed {
 async fn route(
     app: &Shared,
     publisher: &Publisher,
-    linger: Linger,
+    linger: &Linger,
     delivery: &Delivery,
     trace: &TraceContext,
 ) -> Result<Routed, BrokerError> {
@@ -245,7 +261,7 @@ async fn route(
 async fn send(
     app: &Shared,
     publisher: &Publisher,
-    linger: &mut Option<Linger>,
+    linger: &mut Option<&Linger>,
     message: &ActionMessageRef<'_>,
     event_id: &str,
     trace: &TraceContext,
@@ -371,36 +387,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_linger_waits_for_the_next_boundary() {
-        let ms = Duration::from_millis;
+    fn a_lone_event_publishes_at_once_and_a_busy_period_waits_for_the_next_boundary() {
         let us = Duration::from_micros;
-        let cases = [
-            // (elapsed, period, wait)
-            (ms(0), ms(2), Some(ms(2))),
-            (us(300), ms(2), Some(us(1700))),
-            (us(1999), ms(2), Some(us(1))),
-            (ms(2), ms(2), Some(ms(2))),
-            (ms(4001), ms(2), Some(ms(1))),
-            (ms(5), Duration::ZERO, None),
-        ];
-        for (elapsed, period, wait) in cases {
-            assert_eq!(
-                until_next_boundary(elapsed, period),
-                wait,
-                "{elapsed:?} with a period of {period:?}"
-            );
+        let linger = Linger::new(Duration::from_millis(1));
+        // The first event of period [4 ms, 5 ms) goes at once; the others of that period wait
+        // for 5 ms together.
+        assert_eq!(linger.delay(us(4_100)), None);
+        assert_eq!(linger.delay(us(4_300)), Some(us(700)));
+        assert_eq!(linger.delay(us(4_999)), Some(us(1)));
+        // The period [5 ms, 6 ms) has its write at 5 ms (the events above): its events wait too.
+        assert_eq!(linger.delay(us(5_000)), Some(us(1_000)));
+        assert_eq!(linger.delay(us(5_600)), Some(us(400)));
+        // The 6 ms write was period [6 ms, 7 ms)'s; [7 ms, 8 ms) has had none, so its first event
+        // goes at once and the next waits for 8 ms.
+        assert_eq!(linger.delay(us(7_200)), None);
+        assert_eq!(linger.delay(us(7_900)), Some(us(100)));
+        // An event a period later than the last write goes at once again.
+        assert_eq!(linger.delay(us(9_000)), None);
+    }
+
+    #[test]
+    fn a_zero_linger_never_waits() {
+        let linger = Linger::new(Duration::ZERO);
+        for ms in [0, 0, 1, 1, 1] {
+            assert_eq!(linger.delay(Duration::from_millis(ms)), None);
         }
     }
 
-    /// Events arriving within one period are published at the same boundary.
+    /// At a steady 3 events per period, each period has one write: a promised boundary.
     #[test]
-    fn events_in_one_period_share_a_boundary() {
-        let period = Duration::from_millis(2);
-        let boundary =
-            |elapsed: Duration| elapsed + until_next_boundary(elapsed, period).unwrap_or_default();
-        let first = boundary(Duration::from_micros(4_100));
-        assert_eq!(first, Duration::from_millis(6));
-        assert_eq!(boundary(Duration::from_micros(5_900)), first);
-        assert_ne!(boundary(Duration::from_micros(6_000)), first);
+    fn a_steady_stream_writes_once_per_period() {
+        let linger = Linger::new(Duration::from_millis(1));
+        let mut writes = std::collections::BTreeSet::new();
+        for i in 0..300u64 {
+            let elapsed = Duration::from_micros(100 + i * 333);
+            let at = elapsed + linger.delay(elapsed).unwrap_or_default();
+            writes.insert(at);
+        }
+        // 100 periods, one write each (the first event's, at once, then one per boundary).
+        assert!(writes.len() <= 101, "{} writes", writes.len());
+        assert!(writes.len() >= 99, "{} writes", writes.len());
     }
 }
