@@ -241,6 +241,7 @@ pub async fn relay(
     pace: Pace,
     window: usize,
     prefetch: u16,
+    shaped: bool,
 ) -> anyhow::Result<RelayRun> {
     let publisher = connect(url, "switchyard-bench relay publisher").await?;
     let relay = connect(url, "switchyard-bench relay").await?;
@@ -309,10 +310,13 @@ pub async fn relay(
         while let Some(delivery) = hop_one.next().await {
             let delivery = delivery.context("relay consumer")?;
             let mut pending = Vec::with_capacity(copies as usize);
-            for _ in 0..copies {
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
+            for copy in 0..copies {
+                let properties = if shaped {
+                    action_message_properties(delivery.delivery_tag, copy)
+                } else {
+                    BasicProperties::default().with_content_type("application/json".into())
+                }
+                .with_delivery_mode(2);
                 let confirm = confirms
                     .basic_publish(
                         "".into(),
@@ -392,6 +396,30 @@ pub async fn relay(
         elapsed: last - started,
         latencies_us,
     })
+}
+
+/// The properties the router gives an action message (`ActionMessageRef::encode`): a message
+/// id, a timestamp, the identity headers and a `traceparent`; the relay's copies carry them with
+/// `--relay-as-service`, to tell what they cost the broker.
+fn action_message_properties(tag: u64, copy: u64) -> BasicProperties {
+    use switchyard::broker::message::{
+        H_ACTION, H_CONNECTOR, H_EVENT, H_WORKFLOW, H_WORKSPACE, action_id, properties,
+    };
+    use switchyard::broker::set_str;
+    let event = format!("evt_{tag}");
+    let mut headers = FieldTable::default();
+    set_str(&mut headers, H_WORKFLOW, "bench-relay");
+    set_str(&mut headers, H_ACTION, format!("call{copy}").as_str());
+    set_str(&mut headers, H_CONNECTOR, "http");
+    set_str(&mut headers, H_WORKSPACE, "ws_bench");
+    set_str(&mut headers, H_EVENT, event.as_str());
+    switchyard::trace::TraceContext::of_event(None)
+        .child()
+        .write(&mut headers);
+    properties(
+        &action_id(&event, "bench-relay", &copy.to_string()),
+        headers,
+    )
 }
 
 /// Deliveries of one channel settled but not yet acked: the latest one's acker acks them all.

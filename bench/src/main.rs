@@ -127,6 +127,10 @@ struct Args {
     /// with no work in between, which shows how much of the ceiling any two-hop client reaches.
     #[arg(long)]
     no_relay: bool,
+    /// The bare relay's copies (and the floor's) carry what an action message carries besides
+    /// its body: a message id, a timestamp, the identity headers and a `traceparent`.
+    #[arg(long)]
+    relay_as_service: bool,
     /// Keep the queues, exchanges and the temporary directory (config, service log).
     #[arg(long)]
     keep: bool,
@@ -351,6 +355,7 @@ async fn measure(args: &Args, run: &mut Run) -> anyhow::Result<Report> {
             Pace::Flat,
             args.window,
             args.prefetch.unwrap_or(DEFAULT_PREFETCH),
+            args.relay_as_service,
         )
         .await?;
         let broker_ms = clock.ms_between(broker_before, broker_pid.and_then(procfs::cpu_ticks));
@@ -659,6 +664,7 @@ impl Phases<'_> {
             Pace::PerSecond(rate),
             self.args.window,
             self.args.prefetch.unwrap_or(DEFAULT_PREFETCH),
+            self.args.relay_as_service,
         )
         .await?;
         let cpu_after = self.cpu();
