@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use tracing::{debug, error, warn};
 
 use crate::broker::acks::Acks;
-use crate::broker::message::ActionMessageRef;
+use crate::broker::message::{ActionMessageRef, EventJson};
 use crate::broker::{AmqpContext, BrokerError, PendingConfirm, Publisher, set_str};
 use crate::delivery;
 use crate::event::{Event, Rejection};
@@ -244,7 +244,13 @@ async fn route(
     // Taken by the first publish: an event that matches nothing does not wait.
     let mut linger = Some(linger);
     for planned in &plan.actions {
-        let message = planned.message(&event.workspace, &event.body, None);
+        // Nothing in the envelope was rewritten: its bytes go into the message as they came.
+        let json = if event.verbatim {
+            EventJson::Verbatim(&delivery.data)
+        } else {
+            EventJson::Value(&event.body)
+        };
+        let message = planned.message(&event.workspace, json, None);
         let confirm = send(app, publisher, &mut linger, &message, &event.id, trace).await?;
         pending.push((planned.connector, confirm));
     }

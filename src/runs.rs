@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::broker::message::{ActionMessageRef, H_TRIGGER};
+use crate::broker::message::{ActionMessageRef, EventJson, H_TRIGGER};
 use crate::broker::{self, BrokerError, Publisher, Topology, set_str};
 use crate::commands::dlq::{cell, positive_rate, require_exchange, short_time, table};
 use crate::commands::{UNREACHABLE, USER_ERROR};
@@ -607,7 +607,7 @@ async fn publish_all(
             action: &target.action,
             connector: &target.connector,
             workspace: &target.workspace,
-            event: &event,
+            event: EventJson::Value(&event),
             steps: steps.as_ref(),
         };
         let (body, mut properties) =

@@ -65,16 +65,25 @@ pub struct ActionMessage {
     pub steps: Value,
 }
 
+/// The event inside an action message the router or a worker publishes.
+#[derive(Debug, Clone, Copy)]
+pub enum EventJson<'a> {
+    /// A parsed envelope, serialised into the message.
+    Value(&'a Value),
+    /// The bytes the envelope was parsed from, when parsing changed nothing in it (the router's
+    /// delivery): written into the message as they are, instead of serialising the parsed tree
+    /// again. They must be one JSON value (they parsed as the envelope).
+    Verbatim(&'a [u8]),
+}
+
 /// The borrowed form, so publishing does not clone the event.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ActionMessageRef<'a> {
     /// See [`ActionMessage::id`].
     pub id: &'a str,
     /// See [`ActionMessage::workflow`].
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow: Option<&'a str>,
     /// See [`ActionMessage::webhook`].
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<&'a str>,
     /// See [`ActionMessage::action`].
     pub action: &'a str,
@@ -83,18 +92,63 @@ pub struct ActionMessageRef<'a> {
     /// See [`ActionMessage::workspace`].
     pub workspace: &'a str,
     /// See [`ActionMessage::event`].
-    pub event: &'a Value,
+    pub event: EventJson<'a>,
     /// See [`ActionMessage::steps`].
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<&'a Value>,
 }
 
+/// An action message's fields as serialised; `event` is left out when it is written verbatim.
+#[derive(Serialize)]
+struct Wire<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<&'a str>,
+    action: &'a str,
+    connector: &'a str,
+    workspace: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<&'a Value>,
+}
+
 impl ActionMessageRef<'_> {
+    /// The message's JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let wire = Wire {
+            id: self.id,
+            workflow: self.workflow,
+            webhook: self.webhook,
+            action: self.action,
+            connector: self.connector,
+            workspace: self.workspace,
+            event: match self.event {
+                EventJson::Value(event) => Some(event),
+                EventJson::Verbatim(_) => None,
+            },
+            steps: self.steps,
+        };
+        // Serialising plain JSON values into a Vec cannot fail.
+        let mut body = serde_json::to_vec(&wire).unwrap_or_default();
+        if let EventJson::Verbatim(event) = self.event
+            && body.last() == Some(&b'}')
+        {
+            // `{"id":…}` (never empty: `id` is always there) becomes `{"id":…,"event":<bytes>}`.
+            body.pop();
+            body.reserve(event.len() + 10);
+            body.extend_from_slice(b",\"event\":");
+            body.extend_from_slice(event);
+            body.push(b'}');
+        }
+        body
+    }
+
     /// The body and properties of a fresh action message (attempt budget untouched), carrying
     /// `trace` (SPEC §12).
     pub fn encode(&self, event_id: &str, trace: &TraceContext) -> (Vec<u8>, BasicProperties) {
-        // Serialising plain JSON values into a Vec cannot fail.
-        let body = serde_json::to_vec(self).unwrap_or_default();
+        let body = self.body();
         let mut headers = FieldTable::default();
         set_str(
             &mut headers,
@@ -222,6 +276,41 @@ mod tests {
         // The separator keeps ("ab","c") and ("a","bc") apart.
         assert_ne!(action_id("e", "ab", "c"), action_id("e", "a", "bc"));
         assert_eq!(a.len(), 4 + 32);
+    }
+
+    /// The router writes a verbatim event as it came; the worker reads the same message as
+    /// from a serialised one.
+    #[test]
+    fn a_verbatim_event_reads_back_like_a_serialised_one() {
+        let raw =
+            br#" {"id":"evt_1", "type":"Gameplay.DataCaptured","data":{"note":"a\u00e9\"b"}} "#;
+        let parsed: Value = serde_json::from_slice(raw).unwrap_or_default();
+        let steps = serde_json::json!({"lookup": {"id": "003"}});
+        let message = |event| ActionMessageRef {
+            id: "act_1",
+            workflow: Some("lead-sync"),
+            webhook: None,
+            action: "post",
+            connector: "http",
+            workspace: "ws_1",
+            event,
+            steps: Some(&steps),
+        };
+        let verbatim = message(EventJson::Verbatim(raw)).body();
+        let serialised = message(EventJson::Value(&parsed)).body();
+        assert_ne!(verbatim, serialised, "the bytes are not serialised again");
+        let read = |body: &[u8]| -> ActionMessage {
+            match serde_json::from_slice(body) {
+                Ok(message) => message,
+                Err(e) => panic!("{e}: {}", String::from_utf8_lossy(body)),
+            }
+        };
+        let (a, b) = (read(&verbatim), read(&serialised));
+        assert_eq!(a.event, parsed);
+        assert_eq!(a.event, b.event);
+        assert_eq!(a.steps, b.steps);
+        assert_eq!((a.id, a.workflow, a.action), (b.id, b.workflow, b.action));
+        assert_eq!(a.webhook, None);
     }
 
     #[test]

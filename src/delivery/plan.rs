@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::broker::message::{ActionMessageRef, action_id};
+use crate::broker::message::{ActionMessageRef, EventJson, action_id};
 use crate::connectors::ConnectorKind;
 use crate::event::Event;
 use crate::template::TemplateError;
@@ -33,7 +33,7 @@ impl Planned<'_> {
     pub fn message<'m>(
         &'m self,
         workspace: &'m str,
-        event: &'m Value,
+        event: EventJson<'m>,
         steps: Option<&'m Value>,
     ) -> ActionMessageRef<'m> {
         ActionMessageRef {

@@ -22,7 +22,8 @@ use tracing::{debug, info, warn};
 use self::recorder::Recorder;
 use crate::broker::acks::Acks;
 use crate::broker::message::{
-    self, ActionMessage, Attempts, H_HELD, H_HELD_FOR, H_LAST_STATUS, H_REASON, action_id,
+    self, ActionMessage, Attempts, EventJson, H_HELD, H_HELD_FOR, H_LAST_STATUS, H_REASON,
+    action_id,
 };
 use crate::broker::{
     AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, header_int, header_str, set_int,
@@ -390,7 +391,11 @@ impl Job {
         let steps = Value::Object(steps);
         let mut pending = Vec::new();
         for planned in &next {
-            let out = planned.message(&message.workspace, &message.event, Some(&steps));
+            let out = planned.message(
+                &message.workspace,
+                EventJson::Value(&message.event),
+                Some(&steps),
+            );
             let (body, properties) = out.encode(event_id, &self.trace.child());
             match self
                 .publisher
