@@ -87,7 +87,7 @@ impl HttpClient {
             attempt.follow()
         });
         let route = proxies.clone();
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .redirect(redirects)
@@ -98,12 +98,18 @@ impl HttpClient {
             // One set of rules for reqwest and for the guard (no reqwest reading the environment
             // on its own): `http.proxy`, or HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
             .no_proxy()
-            .proxy(reqwest::Proxy::custom(move |url| {
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true);
+        // Without a proxy, no rule to ask: reqwest would parse each request's URL again to call
+        // one (about 5 % of the service's instructions per action, callgrind).
+        let client = if proxies.is_empty() {
+            builder
+        } else {
+            builder.proxy(reqwest::Proxy::custom(move |url| {
                 route.proxy_for(url).cloned()
             }))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()?;
+        }
+        .build()?;
         Ok(HttpClient {
             client,
             guard,
