@@ -243,13 +243,13 @@ async fn route(
     let mut pending = Vec::with_capacity(plan.actions.len());
     // Taken by the first publish: an event that matches nothing does not wait.
     let mut linger = Some(linger);
+    // Nothing in the envelope was rewritten: its bytes go into the messages as they came.
+    let json = if event.verbatim {
+        EventJson::Verbatim(&delivery.data)
+    } else {
+        EventJson::Value(&event.body)
+    };
     for planned in &plan.actions {
-        // Nothing in the envelope was rewritten: its bytes go into the message as they came.
-        let json = if event.verbatim {
-            EventJson::Verbatim(&delivery.data)
-        } else {
-            EventJson::Value(&event.body)
-        };
         let message = planned.message(&event.workspace, json, None);
         let confirm = send(app, publisher, &mut linger, &message, &event.id, trace).await?;
         pending.push((planned.connector, confirm));
