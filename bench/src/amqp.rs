@@ -6,17 +6,18 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{
-    Acker, BasicProperties, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
-};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
 use switchyard::broker::Topology;
+use switchyard::broker::acks::Acks;
+use switchyard::faults::Faults;
 
 use crate::event::{EventFactory, now_us};
 
@@ -219,17 +220,12 @@ pub struct RelayRun {
     pub latencies_us: Vec<u64>,
 }
 
-/// Deliveries a relay hop settles with one `multiple` ack at most (as the service's
-/// `broker::acks`); fewer when nothing more is waiting.
-const RELAY_ACK_BATCH: u64 = 64;
-
 /// What the service does to the broker, with no work in between: events are published (`pace`)
 /// to quorum queue `first`; a relay on one connection (as the service has) republishes each as
 /// `copies` messages to quorum queue `second` on one confirm channel and acks the event once its
 /// copies are confirmed (the router's pattern); a consumer of `second` acks the copies (the
-/// worker's). Both acks are coalesced as the service's are: one `multiple` ack per contiguous run
-/// of at most 64, or at once when nothing more is waiting. Both consumers use `prefetch`.
-/// Deletes both queues.
+/// worker's). Both hops ack through the service's own coalescer (`switchyard::broker::acks`).
+/// Both consumers use `prefetch`. Deletes both queues.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay(
     url: &str,
@@ -269,37 +265,30 @@ pub async fn relay(
             anyhow::Ok((channel, consumer))
         }
     };
-    let (_first_channel, mut hop_one) = consumer(first, "switchyard-bench-relay").await?;
-    let (_second_channel, mut hop_two) = consumer(second, "switchyard-bench-relay-out").await?;
+    let (first_channel, mut hop_one) = consumer(first, "switchyard-bench-relay").await?;
+    let (second_channel, mut hop_two) = consumer(second, "switchyard-bench-relay-out").await?;
+    let (tracker, faults) = (
+        tokio_util::task::TaskTracker::new(),
+        Faults::new(tokio_util::sync::CancellationToken::new()),
+    );
+    let first_acks = Acks::spawn(&tracker, &faults, first_channel, "relay", prefetch);
+    let second_acks = Acks::spawn(&tracker, &faults, second_channel, "relay-out", prefetch);
     let confirms = relay.create_channel().await.context("opening a channel")?;
     confirms
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .context("enabling publisher confirms")?;
-    // The relay publishes; its acker waits for each event's confirms, in order, and acks.
+    // The relay publishes; its settler waits for each event's confirms, in order, and acks.
     let (settled, mut to_settle) =
-        tokio::sync::mpsc::unbounded_channel::<(Vec<PublisherConfirm>, Acker)>();
+        tokio::sync::mpsc::unbounded_channel::<(Vec<PublisherConfirm>, Delivery)>();
     let settling = tokio::spawn(async move {
-        let mut batch = Batch::default();
-        loop {
-            let next = match to_settle.try_recv() {
-                Ok(next) => next,
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                    batch.flush().await?;
-                    match to_settle.recv().await {
-                        Some(next) => next,
-                        None => break,
-                    }
-                }
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
-            };
-            let (pending, acker) = next;
+        while let Some((pending, delivery)) = to_settle.recv().await {
             for confirm in pending {
                 confirmed(confirm, "the relay").await?;
             }
-            batch.add(acker).await?;
+            first_acks.ack(delivery);
         }
-        batch.flush().await
+        anyhow::Ok(())
     });
     let to = second.to_owned();
     let relaying = tokio::spawn(async move {
@@ -329,7 +318,7 @@ pub async fn relay(
                     .context("relaying")?;
                 pending.push(confirm);
             }
-            if settled.send((pending, delivery.acker)).is_err() {
+            if settled.send((pending, delivery)).is_err() {
                 break;
             }
         }
@@ -339,17 +328,9 @@ pub async fn relay(
     let timed = matches!(pace, Pace::PerSecond(_));
     let consuming = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(if timed { expected as usize } else { 0 });
-        let mut batch = Batch::default();
         let mut arrived = 0;
         while arrived < expected {
-            let next = match hop_two.next().now_or_never() {
-                Some(next) => next,
-                None => {
-                    batch.flush().await?;
-                    hop_two.next().await
-                }
-            };
-            let delivery = match next {
+            let delivery = match hop_two.next().await {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(anyhow::Error::new(e).context("consuming")),
                 None => bail!("the relay's consumer was cancelled"),
@@ -363,11 +344,9 @@ pub async fn relay(
                     .unwrap_or(now);
                 latencies.push(now.saturating_sub(sent));
             }
-            batch.add(delivery.acker).await?;
+            second_acks.ack(delivery);
         }
-        let last = Instant::now();
-        batch.flush().await?;
-        Ok((last, latencies))
+        Ok((Instant::now(), latencies))
     });
     let started = Instant::now();
     let published = publish(&publisher, "", first, 0..count, events, window, pace).await;
@@ -380,6 +359,9 @@ pub async fn relay(
     };
     relaying.abort();
     settling.abort();
+    // The coalescers flush and close their channels once their last handles are gone.
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     for queue in [first, second] {
         let channel = relay.create_channel().await.context("opening a channel")?;
         channel
@@ -420,37 +402,6 @@ fn action_message_properties(tag: u64, copy: u64) -> BasicProperties {
         &action_id(&event, "bench-relay", &copy.to_string()),
         headers,
     )
-}
-
-/// Deliveries of one channel settled but not yet acked: the latest one's acker acks them all.
-#[derive(Default)]
-struct Batch {
-    latest: Option<Acker>,
-    count: u64,
-}
-
-impl Batch {
-    /// Adds a settled delivery; acks the run once it holds [`RELAY_ACK_BATCH`].
-    async fn add(&mut self, acker: Acker) -> anyhow::Result<()> {
-        self.latest = Some(acker);
-        self.count += 1;
-        if self.count >= RELAY_ACK_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Acks every delivery up to the latest at once.
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        self.count = 0;
-        if let Some(acker) = self.latest.take() {
-            acker
-                .ack(BasicAckOptions { multiple: true })
-                .await
-                .context("acking")?;
-        }
-        Ok(())
-    }
 }
 
 /// A tap on the service's action messages: a transient queue bound next to the action queue
