@@ -1,7 +1,13 @@
 //! The event envelope (SPEC §2): parse, validate, normalise aliases.
 
+use std::sync::OnceLock;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+
+use self::head::Head;
+
+mod head;
 
 /// Deepest nesting accepted in an event.
 pub const MAX_DEPTH: usize = 64;
@@ -218,8 +224,11 @@ impl Rejection {
 /// A validated, normalised event.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// The whole envelope, `type` rewritten to the main name; what templates see.
-    pub body: Value,
+    /// The whole envelope, `type` rewritten to the main name, once something asked for it
+    /// ([`Event::body`]).
+    body: OnceLock<Value>,
+    /// The bytes `body` is parsed from when first asked for (empty when it was parsed at once).
+    source: Box<[u8]>,
     /// `id`.
     pub id: String,
     /// The catalog entry of `type`.
@@ -232,10 +241,20 @@ pub struct Event {
     /// nothing was rewritten): run history then keeps the message's own bytes instead of
     /// serialising `body` again.
     pub verbatim: bool,
+    /// `card.id`, when it is a string.
+    card_id: Option<String>,
+    /// `site.id`, when it is a string.
+    site_id: Option<String>,
 }
 
 impl Event {
     /// Parses and validates raw bytes from the broker.
+    ///
+    /// Routing needs only a few fields of the envelope, so they are read in one pass that checks
+    /// the rest as strictly as parsing it into a [`Value`] would (every string is UTF-8, every
+    /// number in range) without building it; the tree is built when [`Event::body`] is first
+    /// asked for (a trigger's `if`, an alias to rewrite). A text the pass refuses is parsed the
+    /// ordinary way, so a rejection reads the same either way.
     pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
         if bytes.len() > max_bytes {
             return Err(Rejection::TooLarge {
@@ -246,79 +265,198 @@ impl Event {
         if nesting_depth(bytes) > MAX_DEPTH {
             return Err(Rejection::TooDeep);
         }
-        let body: Value =
-            serde_json::from_slice(bytes).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
-        Event::from_value(body)
+        match serde_json::from_slice::<Head>(bytes) {
+            Ok(Head::Object(head)) => {
+                let fields = head.fields().validate()?;
+                if fields.verbatim {
+                    return Ok(Event::assemble(OnceLock::new(), bytes.into(), fields));
+                }
+                // An alias: the tree is needed now, to rewrite `type` in it.
+                let body = serde_json::from_slice(bytes)
+                    .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+                Event::from_value(body)
+            }
+            Ok(Head::NotObject) | Err(_) => {
+                let body: Value = serde_json::from_slice(bytes)
+                    .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+                Event::from_value(body)
+            }
+        }
     }
 
     /// Validates an already parsed envelope.
     pub fn from_value(mut body: Value) -> Result<Event, Rejection> {
-        let Value::Object(fields) = &mut body else {
+        let Value::Object(map) = &mut body else {
             return Err(Rejection::InvalidJson(
                 "the top level is not an object".into(),
             ));
         };
-        let id = required_str(fields.get("id"), "id")?.to_owned();
-        let type_name = required_str(fields.get("type"), "type")?;
+        let fields = Fields::of(map).validate()?;
+        if !fields.verbatim {
+            map.insert("type".into(), Value::String(fields.kind.name.into()));
+        }
+        Ok(Event::assemble(
+            OnceLock::from(body),
+            Box::default(),
+            fields,
+        ))
+    }
+
+    fn assemble(body: OnceLock<Value>, source: Box<[u8]>, fields: Valid) -> Event {
+        Event {
+            body,
+            source,
+            id: fields.id,
+            kind: fields.kind,
+            occurred_at: fields.occurred_at,
+            workspace: fields.workspace,
+            verbatim: fields.verbatim,
+            card_id: fields.card_id,
+            site_id: fields.site_id,
+        }
+    }
+
+    /// The whole envelope, `type` rewritten to the main name; what templates see. Parsed from
+    /// the message on first use.
+    pub fn body(&self) -> &Value {
+        self.body
+            .get_or_init(|| match serde_json::from_slice(&self.source) {
+                Ok(body) => body,
+                Err(e) => {
+                    // `parse` read these bytes as strictly as this does; it cannot happen.
+                    tracing::error!(event_id = %self.id, error = %e, "an accepted event no longer parses");
+                    Value::Null
+                }
+            })
+    }
+
+    /// Whether [`Event::body`] has been built.
+    #[cfg(test)]
+    pub(crate) fn tree_built(&self) -> bool {
+        self.body.get().is_some()
+    }
+
+    /// `card.id`, when present.
+    pub fn card_id(&self) -> Option<&str> {
+        self.card_id.as_deref()
+    }
+
+    /// `site.id`, when present.
+    pub fn site_id(&self) -> Option<&str> {
+        self.site_id.as_deref()
+    }
+}
+
+/// The envelope's fields that validation reads, whichever way they were parsed.
+struct Fields<'a> {
+    id: Option<&'a Value>,
+    r#type: Option<&'a Value>,
+    occurred_at: Option<&'a Value>,
+    workspace: Member<'a>,
+    site: Member<'a>,
+    card: Member<'a>,
+    contact: Member<'a>,
+}
+
+/// What validation needs of an optional object field.
+#[derive(Debug, Default)]
+enum Member<'a> {
+    /// Not there.
+    #[default]
+    Absent,
+    /// `null`.
+    Null,
+    /// An object, with its `id` if it has one.
+    Object(Option<&'a Value>),
+    /// Anything else.
+    Other,
+}
+
+impl<'a> Member<'a> {
+    fn of(value: Option<&'a Value>) -> Member<'a> {
+        match value {
+            None => Member::Absent,
+            Some(Value::Null) => Member::Null,
+            Some(Value::Object(map)) => Member::Object(map.get("id")),
+            Some(_) => Member::Other,
+        }
+    }
+
+    fn id(&self) -> Option<String> {
+        match self {
+            Member::Object(Some(Value::String(id))) => Some(id.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The validated fields of an event.
+struct Valid {
+    id: String,
+    kind: &'static EventType,
+    occurred_at: DateTime<Utc>,
+    workspace: String,
+    verbatim: bool,
+    card_id: Option<String>,
+    site_id: Option<String>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(map: &'a serde_json::Map<String, Value>) -> Fields<'a> {
+        Fields {
+            id: map.get("id"),
+            r#type: map.get("type"),
+            occurred_at: map.get("occurred_at"),
+            workspace: Member::of(map.get("workspace")),
+            site: Member::of(map.get("site")),
+            card: Member::of(map.get("card")),
+            contact: Member::of(map.get("contact")),
+        }
+    }
+
+    fn validate(&self) -> Result<Valid, Rejection> {
+        let id = required_str(self.id, "id")?.to_owned();
+        let type_name = required_str(self.r#type, "type")?;
         let kind =
             lookup_type(type_name).ok_or_else(|| Rejection::UnknownType(type_name.into()))?;
-        let occurred = required_str(fields.get("occurred_at"), "occurred_at")?;
+        let occurred = required_str(self.occurred_at, "occurred_at")?;
         let occurred_at = DateTime::parse_from_rfc3339(occurred)
             .map_err(|e| Rejection::InvalidField {
                 field: "occurred_at",
                 problem: format!("{occurred:?} is not an RFC 3339 time ({e})"),
             })?
             .with_timezone(&Utc);
-        let workspace = match fields.get("workspace") {
-            Some(Value::Object(ws)) => required_str(ws.get("id"), "workspace.id")?.to_owned(),
-            Some(Value::Null) | None => return Err(Rejection::MissingField("workspace.id")),
-            Some(_) => {
+        let workspace = match &self.workspace {
+            Member::Object(id) => required_str(*id, "workspace.id")?.to_owned(),
+            Member::Null | Member::Absent => return Err(Rejection::MissingField("workspace.id")),
+            Member::Other => {
                 return Err(Rejection::InvalidField {
                     field: "workspace",
                     problem: "must be an object with an id".into(),
                 });
             }
         };
-        for optional in ["site", "card", "contact"] {
-            if let Some(v) = fields.get(optional)
-                && !(v.is_object() || v.is_null())
-            {
+        for (field, member) in [
+            ("site", &self.site),
+            ("card", &self.card),
+            ("contact", &self.contact),
+        ] {
+            if matches!(member, Member::Other) {
                 return Err(Rejection::InvalidField {
-                    field: optional_name(optional),
+                    field,
                     problem: "must be an object".into(),
                 });
             }
         }
-        let verbatim = kind.name == type_name;
-        if !verbatim {
-            fields.insert("type".into(), Value::String(kind.name.into()));
-        }
-        Ok(Event {
-            body,
+        Ok(Valid {
             id,
             kind,
             occurred_at,
             workspace,
-            verbatim,
+            verbatim: kind.name == type_name,
+            card_id: self.card.id(),
+            site_id: self.site.id(),
         })
-    }
-
-    /// `card.id`, when present.
-    pub fn card_id(&self) -> Option<&str> {
-        self.body.get("card")?.get("id")?.as_str()
-    }
-
-    /// `site.id`, when present.
-    pub fn site_id(&self) -> Option<&str> {
-        self.body.get("site")?.get("id")?.as_str()
-    }
-}
-
-fn optional_name(name: &str) -> &'static str {
-    match name {
-        "site" => "site",
-        "card" => "card",
-        _ => "contact",
     }
 }
 
@@ -334,21 +472,28 @@ fn required_str<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a
     }
 }
 
-/// The deepest bracket nesting in a JSON text, without parsing it (strings are skipped).
+/// The deepest bracket nesting in a JSON text, without parsing it (strings are skipped, a
+/// search for their closing quote at a time).
 pub fn nesting_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut max, mut at) = (0usize, 0usize, 0usize);
+    while let Some(&b) = bytes.get(at) {
+        at += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // To the next quote or backslash; a backslash escapes the byte after it.
+                let Some(rest) = bytes.get(at..) else {
+                    return max;
+                };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(found) if rest[found] == b'\\' => at += found + 2,
+                    Some(found) => {
+                        at += found + 1;
+                        break;
+                    }
+                    // An unterminated string: nothing after it counts.
+                    None => return max,
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -370,11 +515,12 @@ mod tests {
     #[test]
     fn a_good_event_keeps_unknown_fields() {
         let e = Event::parse(GOOD.as_bytes(), 262_144).expect("valid");
+        assert!(e.body.get().is_none(), "routing does not build the tree");
         assert_eq!(e.id, "evt_1");
         assert_eq!(e.kind.name, "Gameplay.DataCaptured");
         assert_eq!(e.workspace, "ws_demo");
         assert_eq!(e.card_id(), Some("card_42"));
-        assert_eq!(e.body["extra"]["kept"], Value::Bool(true));
+        assert_eq!(e.body()["extra"]["kept"], Value::Bool(true));
         assert!(e.verbatim, "nothing was rewritten");
     }
 
@@ -383,7 +529,7 @@ mod tests {
         let raw = GOOD.replace("Gameplay.DataCaptured", "Prize.Awarded");
         let e = Event::parse(raw.as_bytes(), 262_144).expect("valid");
         assert_eq!(e.kind.name, "Prize.Won");
-        assert_eq!(e.body["type"], "Prize.Won");
+        assert_eq!(e.body()["type"], "Prize.Won");
         assert!(!e.verbatim, "an alias is rewritten");
     }
 
@@ -414,9 +560,127 @@ mod tests {
         }
     }
 
+    /// What the plain way reads: the whole tree, then validation.
+    fn through_a_tree(raw: &[u8]) -> Result<Event, Rejection> {
+        let body: Value =
+            serde_json::from_slice(raw).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+        Event::from_value(body)
+    }
+
+    /// The routing pass accepts exactly what parsing the whole tree accepts, reads the same
+    /// fields, and its body (built later) is the same tree.
+    #[test]
+    fn the_routing_pass_reads_as_the_whole_tree_does() {
+        let cases: Vec<Vec<u8>> = vec![
+            GOOD.into(),
+            GOOD.replace("Gameplay.DataCaptured", "Prize.Awarded")
+                .into(),
+            // A repeated key keeps its last value.
+            GOOD.replace(r#""id":"evt_1","#, r#""id":"evt_0","id":"evt_1","#)
+                .into(),
+            GOOD.replace(
+                r#""card":{"id":"card_42"}"#,
+                r#""card":{"id":"a","id":"b"},"card":null"#,
+            )
+            .into(),
+            GOOD.replace(r#""card":{"id":"card_42"}"#, r#""card":"card_42""#)
+                .into(),
+            GOOD.replace(r#""card":{"id":"card_42"}"#, r#""card":{"id":42}"#)
+                .into(),
+            GOOD.replace(
+                r#""card":{"id":"card_42"}"#,
+                r#""site":{"name":"s","id":"site_1"}"#,
+            )
+            .into(),
+            GOOD.replace(r#"{"id":"ws_demo"}"#, "[]").into(),
+            GOOD.replace(r#"{"id":"ws_demo"}"#, r#"{"id":"  "}"#).into(),
+            GOOD.replace(r#"{"kept":true}"#, r#"{"big":1e400}"#).into(),
+            GOOD.replace(
+                r#"{"kept":true}"#,
+                r#"{"big":123456789012345678901234567890}"#,
+            )
+            .into(),
+            GOOD.replace(r#"{"kept":true}"#, r#"{"s":"\ud800"}"#).into(),
+            GOOD.replace(r#"{"kept":true}"#, r#"{"s":"\ud83d\ude00 \u0000"}"#)
+                .into(),
+            GOOD.replace(r#"{"kept":true}"#, "{\"s\":\"tab\there\"}")
+                .into(),
+            GOOD.replace(r#"{"kept":true}"#, r#"{"s":"\q"}"#).into(),
+            GOOD.replace(r#"{"kept":true}"#, r#"[1,2,]"#).into(),
+            [&GOOD.as_bytes()[..GOOD.len() - 1], b",\"x\":\"\xff\xfe\"}"].concat(),
+            [GOOD.as_bytes(), b" {}"].concat(),
+            [GOOD.as_bytes(), b" \n"].concat(),
+            br#"[{"id":"evt_1"}]"#.to_vec(),
+            b"\"just a string\"".to_vec(),
+            b"null".to_vec(),
+            b"".to_vec(),
+        ];
+        for raw in cases {
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            match (Event::parse(&raw, 262_144), through_a_tree(&raw)) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(
+                        (&a.id, a.kind.name, &a.workspace, a.occurred_at, a.verbatim),
+                        (&b.id, b.kind.name, &b.workspace, b.occurred_at, b.verbatim),
+                        "{shown}"
+                    );
+                    assert_eq!(
+                        (a.card_id(), a.site_id()),
+                        (b.card_id(), b.site_id()),
+                        "{shown}"
+                    );
+                    assert_eq!(a.body(), b.body(), "{shown}");
+                    assert!(a.body().is_object(), "{shown}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{shown}"),
+                (a, b) => panic!("{shown}: the pass read {a:?}, the tree {b:?}"),
+            }
+        }
+    }
+
     #[test]
     fn depth_ignores_brackets_in_strings() {
         assert_eq!(nesting_depth(br#"{"a":"[[[[{{{{\"]]"}"#), 1);
         assert_eq!(nesting_depth(br#"{"a":[{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(b""), 0);
+        // Every prefix of a text with escapes, nested strings and brackets (so unterminated
+        // strings and a trailing backslash too) reads as a byte-by-byte scan reads it.
+        let text = br#"{"a\\":["[\"{",{"b\\\"":[[1,"]"],{}]}],"c":"\\"}"#;
+        for end in 0..=text.len() {
+            let prefix = &text[..end];
+            assert_eq!(
+                nesting_depth(prefix),
+                depth_byte_by_byte(prefix),
+                "{}",
+                String::from_utf8_lossy(prefix)
+            );
+        }
+        assert_eq!(nesting_depth(text), 5);
+    }
+
+    /// The plain scan `nesting_depth` must agree with.
+    fn depth_byte_by_byte(bytes: &[u8]) -> usize {
+        let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+        for &b in bytes {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
     }
 }

@@ -216,7 +216,7 @@ async fn route(
                 if event.verbatim {
                     String::from_utf8_lossy(&delivery.data).into_owned()
                 } else {
-                    event.body.to_string()
+                    event.body().to_string()
                 }
             }),
             trace_id: history::record::trace_id(delivery.properties.headers().as_ref()),
@@ -247,7 +247,7 @@ async fn route(
     let json = if event.verbatim {
         EventJson::Verbatim(&delivery.data)
     } else {
-        EventJson::Value(&event.body)
+        EventJson::Value(event.body())
     };
     for planned in &plan.actions {
         let message = planned.message(&event.workspace, json, None);

@@ -110,13 +110,13 @@ pub fn preview(config: &Config, raw: &[u8], out: &mut impl Write) -> Result<(), 
         event.id, event.kind.name, event.workspace
     );
     let ctx = Context {
-        event: &event.body,
+        event: event.body(),
         steps: &serde_json::Value::Null,
         secrets: SecretsView::Redacted,
     };
     let mut matched = 0;
     for workflow in catalog.candidates(&event) {
-        match workflow.condition_holds(&ctx) {
+        match workflow.condition_holds(&event) {
             Ok(true) => {}
             Ok(false) => {
                 let _ = writeln!(

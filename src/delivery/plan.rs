@@ -71,10 +71,9 @@ pub struct Plan<'a> {
 /// Plans one event: the root actions of every candidate workflow whose trigger `if` holds,
 /// then one delivery per matching webhook.
 pub fn plan<'a>(catalog: &'a Catalog, event: &'a Event) -> Plan<'a> {
-    let ctx = Catalog::trigger_context(event);
     let mut plan = Plan::default();
     for workflow in catalog.candidates(event) {
-        match workflow.condition_holds(&ctx) {
+        match workflow.condition_holds(event) {
             Ok(true) => {}
             Ok(false) => {
                 plan.not_run.push(NotRun {
@@ -219,6 +218,21 @@ webhooks:
             .map(|n| (n.workflow, n.error.is_some()))
             .collect();
         assert_eq!(not_run, [("high-scores", false), ("broken-if", true)]);
+    }
+
+    /// The router reads only an event's routing fields unless a candidate has an `if`.
+    #[test]
+    fn only_a_trigger_condition_builds_the_event_tree() {
+        let end = FILES
+            .find("  - id: high-scores")
+            .expect("the second workflow");
+        let (unconditional, problems) = compile_yaml(&FILES[..end]);
+        assert!(problems.is_empty(), "{problems:#?}");
+        let event = Event::parse(EVENT.as_bytes(), 1 << 20).expect("the test event is valid");
+        assert_eq!(plan(&unconditional, &event).actions.len(), 2);
+        assert!(!event.tree_built());
+        assert_eq!(plan(&catalog(), &event).not_run.len(), 2);
+        assert!(event.tree_built());
     }
 
     #[test]

@@ -472,7 +472,7 @@ impl Catalog {
     /// The template context for an event (no secrets: triggers may not read them).
     pub fn trigger_context<'a>(event: &'a Event) -> Context<'a> {
         Context {
-            event: &event.body,
+            event: event.body(),
             steps: &serde_json::Value::Null,
             secrets: SecretsView::Redacted,
         }
@@ -489,10 +489,11 @@ impl Workflow {
         }
     }
 
-    /// Whether the trigger's `if` holds.
-    pub fn condition_holds(&self, ctx: &Context<'_>) -> Result<bool, TemplateError> {
+    /// Whether the trigger's `if` holds. Only a condition reads the event's whole envelope
+    /// (the router does not build it otherwise).
+    pub fn condition_holds(&self, event: &Event) -> Result<bool, TemplateError> {
         match &self.condition {
-            Some(condition) => condition.eval(ctx),
+            Some(condition) => condition.eval(&Catalog::trigger_context(event)),
             None => Ok(true),
         }
     }
