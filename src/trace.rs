@@ -131,12 +131,16 @@ impl TraceContext {
 
     /// The `traceparent` value: `00-<trace id>-<span id>-<flags>`.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.span_id),
-            self.flags
-        )
+        // Written out by hand: every action message and every call carries one, and `format!`
+        // over `hex::encode` cost three allocations and the formatting machinery each time.
+        let mut out = String::with_capacity(TRACEPARENT_LEN);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
     }
 
     /// `tracestate`, as received.
@@ -165,6 +169,18 @@ impl fmt::Display for TraceId {
     }
 }
 
+/// The length of a version 00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+
+/// Appends `bytes` as lowercase hex digits.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+}
+
 fn new_span_id() -> [u8; 8] {
     let mut id = [0u8; 8];
     while id == [0u8; 8] {
@@ -189,6 +205,22 @@ mod tests {
         assert_eq!(ctx.span_id(), "00f067aa0ba902b7");
         assert_eq!(ctx.traceparent(), PARENT);
         assert_eq!(ctx.tracestate(), Some("congo=t61rcWkgMzE"));
+    }
+
+    /// Every byte value of the ids and flags is written as two lowercase digits.
+    #[test]
+    fn written_values_read_back() {
+        for flags in ["00", "01", "7f", "a0", "ff"] {
+            let written = format!("00-0123456789abcdeffedcba9876543210-f0e1d2c3b4a59687-{flags}");
+            let ctx = TraceContext::parse(&written, None).expect("valid");
+            assert_eq!(ctx.traceparent(), written);
+            assert_eq!(ctx.traceparent().len(), TRACEPARENT_LEN);
+        }
+        for _ in 0..100 {
+            let ctx = TraceContext::root().child();
+            let written = ctx.traceparent();
+            assert_eq!(TraceContext::parse(&written, None), Some(ctx), "{written}");
+        }
     }
 
     #[test]
