@@ -252,9 +252,10 @@ impl Event {
     ///
     /// Routing needs only a few fields of the envelope, so they are read in one pass that checks
     /// the rest as strictly as parsing it into a [`Value`] would (every string is UTF-8, every
-    /// number in range) without building it; the tree is built when [`Event::body`] is first
-    /// asked for (a trigger's `if`, an alias to rewrite). A text the pass refuses is parsed the
-    /// ordinary way, so a rejection reads the same either way.
+    /// number in range, no deeper than [`MAX_DEPTH`]) without building it; the tree is built when
+    /// [`Event::body`] is first asked for (a trigger's `if`, an alias to rewrite). Whatever the
+    /// pass refuses, or finds invalid, is read again the plain way (count the brackets, parse
+    /// the tree, validate it), so a rejection is the same either way.
     pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
         if bytes.len() > max_bytes {
             return Err(Rejection::TooLarge {
@@ -262,26 +263,26 @@ impl Event {
                 limit: max_bytes,
             });
         }
+        let Ok(Head::Object(head)) = serde_json::from_slice::<Head>(bytes) else {
+            return Event::parse_tree(bytes);
+        };
+        match head.fields().validate() {
+            Ok(fields) if fields.verbatim => {
+                Ok(Event::assemble(OnceLock::new(), bytes.into(), fields))
+            }
+            // An alias (the tree is needed now, to rewrite `type` in it), or a rejection.
+            _ => Event::parse_tree(bytes),
+        }
+    }
+
+    /// The plain way: depth, then the whole tree, then validation.
+    fn parse_tree(bytes: &[u8]) -> Result<Event, Rejection> {
         if nesting_depth(bytes) > MAX_DEPTH {
             return Err(Rejection::TooDeep);
         }
-        match serde_json::from_slice::<Head>(bytes) {
-            Ok(Head::Object(head)) => {
-                let fields = head.fields().validate()?;
-                if fields.verbatim {
-                    return Ok(Event::assemble(OnceLock::new(), bytes.into(), fields));
-                }
-                // An alias: the tree is needed now, to rewrite `type` in it.
-                let body = serde_json::from_slice(bytes)
-                    .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
-                Event::from_value(body)
-            }
-            Ok(Head::NotObject) | Err(_) => {
-                let body: Value = serde_json::from_slice(bytes)
-                    .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
-                Event::from_value(body)
-            }
-        }
+        let body: Value =
+            serde_json::from_slice(bytes).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+        Event::from_value(body)
     }
 
     /// Validates an already parsed envelope.
@@ -562,6 +563,9 @@ mod tests {
 
     /// What the plain way reads: the whole tree, then validation.
     fn through_a_tree(raw: &[u8]) -> Result<Event, Rejection> {
+        if depth_byte_by_byte(raw) > MAX_DEPTH {
+            return Err(Rejection::TooDeep);
+        }
         let body: Value =
             serde_json::from_slice(raw).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
         Event::from_value(body)
@@ -615,6 +619,23 @@ mod tests {
             b"null".to_vec(),
             b"".to_vec(),
         ];
+        // Nesting at the limit and one past it, in each place the pass reads differently: a
+        // field it skips, a field it keeps (`id`), an object's `id` (`card.id`), a top-level
+        // array; and past it before a syntax error.
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let mut cases = cases;
+        for n in [62, 63, 64, 65, 200] {
+            let deep = nest(n);
+            for (from, to) in [
+                (r#"{"kept":true}"#, format!(r#"{{"kept":{deep}}}"#)),
+                (r#""evt_1""#, deep.clone()),
+                (r#""card_42""#, deep.clone()),
+            ] {
+                cases.push(GOOD.replace(from, &to).into_bytes());
+            }
+            cases.push(nest(n + 1).into_bytes());
+            cases.push(format!("{}{GOOD}", "[".repeat(n)).into_bytes());
+        }
         for raw in cases {
             let shown = String::from_utf8_lossy(&raw).into_owned();
             match (Event::parse(&raw, 262_144), through_a_tree(&raw)) {

@@ -1,14 +1,16 @@
 //! One pass over an event's text that keeps only what routing reads (`id`, `type`,
 //! `occurred_at`, and the objects `workspace`, `site`, `card`, `contact` with their `id`) and
 //! checks everything else as strictly as parsing it into a [`Value`] does, without building it.
+//! It refuses a text nested deeper than [`MAX_DEPTH`] too, so the router need not count
+//! brackets in a second pass (a refused text is read again the plain way, which says why).
 
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{Fields, Member};
+use super::{Fields, MAX_DEPTH, Member};
 
 /// A visitor's answers to the scalars (boolean, number, string; and `null`), which are read and
 /// checked by the deserializer before the visitor sees them.
@@ -152,23 +154,23 @@ impl<'de> Visitor<'de> for HeadVisitor {
         let mut parts = Box::<Parts>::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
-                Key::Id => parts.id = Some(map.next_value()?),
-                Key::Type => parts.r#type = Some(map.next_value()?),
-                Key::OccurredAt => parts.occurred_at = Some(map.next_value()?),
+                Key::Id => parts.id = Some(within(map.next_value()?, MEMBER)?),
+                Key::Type => parts.r#type = Some(within(map.next_value()?, MEMBER)?),
+                Key::OccurredAt => parts.occurred_at = Some(within(map.next_value()?, MEMBER)?),
                 Key::Workspace => parts.workspace = map.next_value()?,
                 Key::Site => parts.site = map.next_value()?,
                 Key::Card => parts.card = map.next_value()?,
                 Key::Contact => parts.contact = map.next_value()?,
-                Key::Other => {
-                    map.next_value::<Checked>()?;
-                }
+                Key::Other => map.next_value_seed(Checked { depth: MEMBER })?,
             }
         }
         Ok(Head::Object(parts))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Head, A::Error> {
-        CheckedVisitor.visit_seq(seq).map(|_| Head::NotObject)
+        Checked { depth: TOP }
+            .visit_seq(seq)
+            .map(|()| Head::NotObject)
     }
 
     scalars!(Head, Head::NotObject, Head::NotObject);
@@ -193,53 +195,92 @@ impl<'de> Visitor<'de> for PartVisitor {
         let mut id = None;
         while let Some(key) = map.next_key::<Key>()? {
             match key {
-                Key::Id => id = Some(map.next_value()?),
-                _ => {
-                    map.next_value::<Checked>()?;
-                }
+                Key::Id => id = Some(within(map.next_value()?, MEMBER + 1)?),
+                _ => map.next_value_seed(Checked { depth: MEMBER + 1 })?,
             }
         }
         Ok(Part::Object(id))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Part, A::Error> {
-        CheckedVisitor.visit_seq(seq).map(|_| Part::Other)
+        Checked { depth: MEMBER }
+            .visit_seq(seq)
+            .map(|()| Part::Other)
     }
 
     scalars!(Part, Part::Other, Part::Null);
 }
 
+/// The depth of the top level's container.
+const TOP: usize = 1;
+/// The depth of a container that is a member of the top level's.
+const MEMBER: usize = 2;
+
+/// A value parsed whole at `depth` (where a container would be nested `depth` deep), refused
+/// when it reaches deeper than [`MAX_DEPTH`].
+fn within<E: de::Error>(value: Value, depth: usize) -> Result<Value, E> {
+    fn nesting(value: &Value) -> usize {
+        match value {
+            Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+            Value::Object(map) => 1 + map.values().map(nesting).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    if depth - 1 + nesting(&value) > MAX_DEPTH {
+        return Err(E::custom("nested too deep"));
+    }
+    Ok(value)
+}
+
 /// Any JSON value, checked as [`Value`]'s parse checks it (through `deserialize_any`: strings
 /// are UTF-8, numbers in range), and dropped. Unlike serde's `IgnoredAny`, which skips without
-/// checking, what this accepts a [`Value`] accepts.
-struct Checked;
+/// checking, what this accepts a [`Value`] accepts. A container here is nested `depth` deep;
+/// one deeper than [`MAX_DEPTH`] is refused.
+#[derive(Clone, Copy)]
+struct Checked {
+    depth: usize,
+}
 
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Checked, D::Error> {
-        deserializer.deserialize_any(CheckedVisitor)
+impl Checked {
+    /// The seed for the members of a container at this position, unless it is too deep.
+    fn members<E: de::Error>(self) -> Result<Checked, E> {
+        if self.depth > MAX_DEPTH {
+            return Err(E::custom("nested too deep"));
+        }
+        Ok(Checked {
+            depth: self.depth + 1,
+        })
     }
 }
 
-struct CheckedVisitor;
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = ();
 
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_key::<Checked>()?.is_some() {
-            map.next_value::<Checked>()?;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let members = self.members()?;
+        while map.next_key_seed(members)?.is_some() {
+            map.next_value_seed(members)?;
         }
-        Ok(Checked)
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let members = self.members()?;
+        while seq.next_element_seed(members)?.is_some() {}
+        Ok(())
     }
 
-    scalars!(Checked, Checked, Checked);
+    scalars!((), (), ());
 }
