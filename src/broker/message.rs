@@ -65,6 +65,55 @@ pub struct ActionMessage {
     pub steps: Value,
 }
 
+/// An action message as a worker reads it: the event left as its JSON text (borrowed from the
+/// delivery), to be parsed in full or in part ([`RawActionMessage::with_event`]).
+#[derive(Debug, Deserialize)]
+pub struct RawActionMessage<'a> {
+    id: String,
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
+    webhook: Option<String>,
+    action: String,
+    connector: String,
+    workspace: String,
+    #[serde(borrow)]
+    event: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    steps: Value,
+}
+
+impl<'a> RawActionMessage<'a> {
+    /// The event's JSON text.
+    pub fn event_text(&self) -> &'a str {
+        self.event.get()
+    }
+
+    /// See [`ActionMessage::workflow`].
+    pub fn workflow(&self) -> Option<&str> {
+        self.workflow.as_deref()
+    }
+
+    /// See [`ActionMessage::action`].
+    pub fn action(&self) -> &str {
+        &self.action
+    }
+
+    /// The message, with `event` as the worker parsed it.
+    pub fn with_event(self, event: Value) -> ActionMessage {
+        ActionMessage {
+            id: self.id,
+            workflow: self.workflow,
+            webhook: self.webhook,
+            action: self.action,
+            connector: self.connector,
+            workspace: self.workspace,
+            event,
+            steps: self.steps,
+        }
+    }
+}
+
 /// The event inside an action message the router or a worker publishes.
 #[derive(Debug, Clone, Copy)]
 pub enum EventJson<'a> {

@@ -110,7 +110,7 @@ pub fn preview(config: &Config, raw: &[u8], out: &mut impl Write) -> Result<(), 
         event.id, event.kind.name, event.workspace
     );
     let ctx = Context {
-        event: event.body(),
+        event: event.body().into(),
         steps: &serde_json::Value::Null,
         secrets: SecretsView::Redacted,
     };

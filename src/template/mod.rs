@@ -41,6 +41,7 @@ mod body;
 mod filters;
 mod lenient;
 mod mapping;
+mod partial;
 mod scan;
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,7 @@ use serde_json::Value;
 
 pub use self::body::BodyTemplate;
 pub use self::mapping::{MappedValue, PathSegment, parse_path};
+pub use self::partial::{EventRef, PartialEvent};
 use self::view::Root;
 
 /// Why a template could not be compiled or rendered.
@@ -101,11 +103,26 @@ impl fmt::Debug for SecretsView<'_> {
 pub struct Context<'a> {
     /// The normalised event envelope (a JSON object): its fields are top-level variables,
     /// and `event` exposes `id`, `type` and `occurred_at`.
-    pub event: &'a Value,
+    pub event: EventRef<'a>,
     /// Outputs of prerequisite actions keyed by action id (an object, or `Null`): `steps.<id>`.
     pub steps: &'a Value,
     /// `secrets.<NAME>`.
     pub secrets: SecretsView<'a>,
+}
+
+/// Adds the envelope's top-level fields that variable `paths` name to `out`: `contact.email`
+/// names `contact`, `event.id` names `id`, `event` alone its three fields; `steps` and
+/// `secrets` name none.
+pub fn event_fields(paths: &[Vec<String>], out: &mut Vec<Box<str>>) {
+    for path in paths {
+        match path.as_slice() {
+            [] => {}
+            [root, ..] if root == "steps" || root == "secrets" => {}
+            [root] if root == "event" => out.extend(EVENT_FIELDS.map(Box::from)),
+            [root, field, ..] if root == "event" => out.push(field.as_str().into()),
+            [root, ..] => out.push(root.as_str().into()),
+        }
+    }
 }
 
 /// Builds templates; holds the Liquid parser with switchyard's filters. Build once.
@@ -198,7 +215,7 @@ pub struct Condition {
 pub const ROOT_NAMES: [&str; 3] = ["event", "steps", "secrets"];
 
 /// The fields `event.*` exposes.
-const EVENT_FIELDS: [&str; 3] = ["id", "type", "occurred_at"];
+pub(crate) const EVENT_FIELDS: [&str; 3] = ["id", "type", "occurred_at"];
 
 /// What a redacted secret renders as.
 const REDACTED: &str = "[redacted]";

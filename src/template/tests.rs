@@ -33,7 +33,7 @@ fn ctx<'a>(
     secrets: &'a HashMap<String, String>,
 ) -> Context<'a> {
     Context {
-        event,
+        event: event.into(),
         steps,
         secrets: SecretsView::Real(secrets),
     }
@@ -443,7 +443,7 @@ fn secrets_real_redacted_and_missing() {
     let engine = Engine::new();
     let (event, steps, real) = (event(), steps(), secrets());
     let redacted = Context {
-        event: &event,
+        event: (&event).into(),
         steps: &steps,
         secrets: SecretsView::Redacted,
     };
@@ -803,4 +803,90 @@ fn templates_of_one_source_are_compiled_once_and_freed_with_their_last_user() {
         .condition("contact.email != blank")
         .expect("compiles");
     assert!(Arc::ptr_eq(&c1.template.0, &c2.template.0));
+}
+
+/// A partly parsed event renders every template exactly as the whole event does: the fields the
+/// template names come from the part, the others (a name the scan could not see, a whole-root
+/// read) from the whole, parsed on demand.
+#[test]
+fn a_partial_event_renders_as_the_whole_one() {
+    let engine = Engine::new();
+    let whole = event();
+    let text = whole.to_string();
+    let (steps, secrets) = (steps(), secrets());
+    let sources = [
+        "{{ contact.email }} {{ event.id }} {{ event.type }} {{ data.tags | join: ',' }}",
+        "{{ gameplay.score }} {{ card.name }}",
+        "{% if site.id == 'site_9' %}{{ site.url }}{% endif %}{{ missing.deep }}",
+        // (A whole object renders through a Liquid object, whose key order is its hash map's.)
+        "{{ event.occurred_at }}|{{ workspace.name }}|{{ event | size }}",
+        "{% for t in data.tags %}{{ forloop.index }}{{ t }}{% endfor %}{{ form_fields.company }}",
+    ];
+    for src in sources {
+        let template = engine.text(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let mut named = Vec::new();
+        event_fields(template.variables(), &mut named);
+        // As a worker reads it: the action's names plus ALWAYS; and with no names of its own.
+        for extra in [named.as_slice(), &[]] {
+            let mut names = PartialEvent::ALWAYS.to_vec();
+            names.extend(extra.iter().map(|n| &**n));
+            let fields = PartialEvent::parse_fields(&text, &names).expect("an object");
+            for (key, value) in fields.as_object().into_iter().flatten() {
+                assert!(names.contains(&key.as_str()), "{key} was not named");
+                assert_eq!(Some(value), whole.get(key));
+            }
+            let partial = PartialEvent::new(&fields, &names, &text);
+            let as_part = Context {
+                event: EventRef::Partial(&partial),
+                steps: &steps,
+                secrets: SecretsView::Real(&secrets),
+            };
+            let expected = template.render(&ctx(&whole, &steps, &secrets));
+            assert_eq!(
+                template.render(&as_part).map_err(|e| e.to_string()),
+                expected.map_err(|e| e.to_string()),
+                "{src} with {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_fields_a_template_names() {
+    let engine = Engine::new();
+    let template = engine
+        .text("{{ contact.email }}{{ event.id }}{{ steps.find_lead.Id }}{{ secrets.T }}{% for t in data.tags %}{{ t }}{% endfor %}{{ event }}")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut named = Vec::new();
+    event_fields(template.variables(), &mut named);
+    named.sort_unstable();
+    named.dedup();
+    let named: Vec<&str> = named.iter().map(|n| &**n).collect();
+    assert_eq!(named, ["contact", "data", "id", "occurred_at", "type"]);
+}
+
+/// A repeated key keeps its last value in its first place, as in a parsed tree; a text that is
+/// not one object is not read in part.
+#[test]
+fn fields_parse_as_a_tree_does() {
+    let text =
+        r#"{"contact":{"a":1},"id":"e","x":[1,{"contact":2}],"contact":{"b":2},"d\u0061ta":3}"#;
+    let names = ["contact", "data", "id"];
+    let fields = PartialEvent::parse_fields(text, &names).expect("an object");
+    let tree: Value = serde_json::from_str(text).expect("valid");
+    let expected: Map<String, Value> = tree
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| names.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(fields, Value::Object(expected));
+    assert_eq!(
+        serde_json::to_string(&fields).ok().as_deref(),
+        Some(r#"{"contact":{"b":2},"id":"e","data":3}"#)
+    );
+    for not_one_object in ["[1]", "{\"id\":1} {}", "{\"id\":", "\"s\""] {
+        assert_eq!(PartialEvent::parse_fields(not_one_object, &names), None);
+    }
 }

@@ -8,7 +8,7 @@ use liquid_core::model::{
 use ref_cast::RefCast;
 use serde_json::Value;
 
-use super::{Context, EVENT_FIELDS, REDACTED, SecretsView};
+use super::{Context, EVENT_FIELDS, EventRef, REDACTED, SecretsView};
 
 type LiquidValue = liquid_core::Value;
 
@@ -18,7 +18,7 @@ static NULL: Value = Value::Null;
 /// The template root: `steps`, `secrets`, `event`, then the envelope's fields.
 #[derive(Debug)]
 pub(super) struct Root<'a> {
-    event: &'a Value,
+    event: EventRef<'a>,
     steps: &'a Value,
     secrets: Secrets<'a>,
 }
@@ -36,10 +36,11 @@ impl<'a> Root<'a> {
         let fixed: [(&str, &dyn ValueView); 3] = [
             ("steps", JsonView::new(self.steps)),
             ("secrets", &self.secrets),
-            ("event", EventView::ref_cast(self.event)),
+            ("event", EventView::ref_cast(self.event.known())),
         ];
         let fields = self
             .event
+            .whole()
             .as_object()
             .into_iter()
             .flatten()
@@ -105,7 +106,7 @@ impl ObjectView for Root<'_> {
         Some(match index {
             "steps" => JsonView::new(self.steps) as &dyn ValueView,
             "secrets" => &self.secrets,
-            "event" => EventView::ref_cast(self.event),
+            "event" => EventView::ref_cast(self.event.known()),
             field => JsonView::new(self.event.get(field).unwrap_or(&NULL)),
         })
     }

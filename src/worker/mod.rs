@@ -23,7 +23,7 @@ use self::recorder::Recorder;
 use crate::broker::acks::Acks;
 use crate::broker::message::{
     self, ActionMessage, Attempts, EventJson, H_HELD, H_HELD_FOR, H_LAST_STATUS, H_REASON,
-    action_id,
+    RawActionMessage, action_id,
 };
 use crate::broker::{
     AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, header_int, header_str, set_int,
@@ -38,7 +38,7 @@ use crate::history::RunOutcome;
 use crate::outcome::{ErrorClass, Failure, Outcome};
 use crate::shared::Shared;
 use crate::telemetry::{ConnectorLabel, DeadLabel};
-use crate::template::{Context, SecretsView};
+use crate::template::{Context, EventRef, PartialEvent, SecretsView};
 use crate::trace::{self, TraceContext};
 use crate::workflow::{Action, Catalog, Workflow};
 
@@ -204,17 +204,37 @@ impl Job {
         if let Some(held) = header_str(headers, H_HELD_FOR).and_then(Destination::from_header) {
             self.app.connectors.http.destinations().held(&held, -1);
         }
-        let message: ActionMessage = match serde_json::from_slice(&delivery.data) {
-            Ok(message) => message,
-            Err(e) => {
-                let failure = config_failure(format!("action message is unreadable: {e}"));
-                let record = Recorder::off(&self.app.history);
-                return self
-                    .dead_letter(delivery, None, &failure, attempts, &record)
-                    .await;
-            }
-        };
         let catalog = self.app.catalog.load();
+        let raw: RawActionMessage<'_> = match serde_json::from_slice(&delivery.data) {
+            Ok(raw) => raw,
+            Err(e) => return self.unreadable(delivery, &e, attempts).await,
+        };
+        // A workflow action's event is parsed in part: the fields its templates name (and what
+        // the worker reads itself); anything else is parsed only if something reads it.
+        let text = raw.event_text();
+        let names: Option<Vec<&str>> = raw
+            .workflow()
+            .and_then(|id| catalog.workflow(id))
+            .and_then(|workflow| workflow.action(raw.action()))
+            .map(|(_, action)| {
+                let mut names = PartialEvent::ALWAYS.to_vec();
+                names.extend(action.event_fields.iter().map(|name| &**name));
+                names
+            });
+        let parsed = match names
+            .as_deref()
+            .and_then(|n| PartialEvent::parse_fields(text, n))
+        {
+            Some(fields) => Ok(fields),
+            None => serde_json::from_str(text),
+        };
+        let message = match parsed {
+            Ok(event) => raw.with_event(event),
+            Err(e) => return self.unreadable(delivery, &e, attempts).await,
+        };
+        let partial = names
+            .as_deref()
+            .map(|names| PartialEvent::new(&message.event, names, text));
         let record = Recorder::new(
             &self.app.history,
             &message,
@@ -224,7 +244,10 @@ impl Job {
             &catalog.secrets,
         );
         let ctx = Context {
-            event: &message.event,
+            event: match &partial {
+                Some(partial) => EventRef::Partial(partial),
+                None => EventRef::Whole(&message.event),
+            },
             steps: &message.steps,
             secrets: SecretsView::Real(&catalog.secrets),
         };
@@ -261,7 +284,7 @@ impl Job {
         let policy = RetryPolicy::of(&self.app.config.retry);
         match decide(outcome, attempts, &policy, policy.draw()) {
             Decision::Success { status, output } => {
-                self.succeeded(&message, resolved.step, status, output, &record)
+                self.succeeded(&message, text, resolved.step, status, output, &record)
                     .await
             }
             Decision::Retry {
@@ -280,6 +303,19 @@ impl Job {
                 self.hold(delivery, &message, &hold, attempts, &delay).await
             }
         }
+    }
+
+    /// Dead-letters a message that does not read as an action message.
+    async fn unreadable(
+        &self,
+        delivery: &Delivery,
+        error: &serde_json::Error,
+        attempts: Attempts,
+    ) -> Settle {
+        let failure = config_failure(format!("action message is unreadable: {error}"));
+        let record = Recorder::off(&self.app.history);
+        self.dead_letter(delivery, None, &failure, attempts, &record)
+            .await
     }
 
     /// Puts the action back on the broker for its destination's hold: the tier covering the
@@ -366,6 +402,7 @@ impl Job {
     async fn succeeded(
         &self,
         message: &ActionMessage,
+        event_text: &str,
         step: Option<Step<'_>>,
         status: u16,
         output: Value,
@@ -393,7 +430,8 @@ impl Job {
         for planned in &next {
             let out = planned.message(
                 &message.workspace,
-                EventJson::Value(&message.event),
+                // As it came: `message.event` may hold only some of its fields.
+                EventJson::Verbatim(event_text.as_bytes()),
                 Some(&steps),
             );
             let (body, properties) = out.encode(event_id, &self.trace.child());

@@ -11,7 +11,7 @@ use super::{Action, ActionScope, Catalog, Problem, Scope, Severity, Webhook, Wor
 use crate::connectors::ActionSpec;
 use crate::event::{self, EventType};
 use crate::net::Guard;
-use crate::template::{Engine, TextTemplate};
+use crate::template::{Engine, PartialEvent, TextTemplate};
 
 pub(super) fn collect_files(path: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
     if path.is_file() {
@@ -200,6 +200,7 @@ pub(super) fn compile_workflow(
             workspace: &def.workspace,
             connections: &catalog.connections,
             guard: &catalog.guard,
+            reads: Default::default(),
         };
         let condition = action.condition.as_deref().and_then(|src| {
             engine
@@ -213,12 +214,17 @@ pub(super) fn compile_workflow(
         let Some(spec) = ActionSpec::compile(action, engine, &scope, problems) else {
             continue;
         };
+        let mut event_fields = scope.reads.take();
+        event_fields.sort_unstable();
+        event_fields.dedup();
+        event_fields.retain(|name| !PartialEvent::ALWAYS.contains(&&**name));
         actions.push(Action {
             id: action.id.clone(),
             needs: needs[i],
             dependents: Vec::new(),
             condition,
             spec,
+            event_fields: event_fields.into_boxed_slice(),
         });
     }
     if problems

@@ -71,6 +71,11 @@ pub struct Action {
     pub condition: Option<Condition>,
     /// What it does.
     pub spec: ActionSpec,
+    /// The envelope's top-level fields its templates name besides [`PartialEvent::ALWAYS`]
+    /// (a worker parses these up front and the rest only if something reads it).
+    ///
+    /// [`PartialEvent::ALWAYS`]: crate::template::PartialEvent::ALWAYS
+    pub event_fields: Box<[Box<str>]>,
 }
 
 /// Everything loaded from the workflow files: immutable, swapped whole on reload.
@@ -472,7 +477,7 @@ impl Catalog {
     /// The template context for an event (no secrets: triggers may not read them).
     pub fn trigger_context<'a>(event: &'a Event) -> Context<'a> {
         Context {
-            event: event.body(),
+            event: event.body().into(),
             steps: &serde_json::Value::Null,
             secrets: SecretsView::Redacted,
         }

@@ -1,6 +1,7 @@
 //! What a connector's compiler receives: the action's [`ActionScope`] (where it is, what it may
 //! read, which connections exist) and the [`Connection`]s as written.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -57,6 +58,9 @@ pub struct ActionScope<'a> {
     pub connections: &'a HashMap<String, Connection>,
     /// `http.allow_networks`, for the "blocked" warning.
     pub guard: &'a Guard,
+    /// The envelope's top-level fields the action's templates name, as they are checked
+    /// ([`crate::template::event_fields`]): what a worker parses of its events up front.
+    pub reads: RefCell<Vec<Box<str>>>,
 }
 
 impl ActionScope<'_> {
@@ -114,6 +118,7 @@ impl ActionScope<'_> {
         secrets_allowed: bool,
         problems: &mut Vec<Problem>,
     ) {
+        crate::template::event_fields(vars, &mut self.reads.borrow_mut());
         variables::check(
             self.file,
             Some(self.workflow),

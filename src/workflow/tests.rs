@@ -254,3 +254,23 @@ fn a_folder_loads_file_by_file_with_connections_from_any_file_and_each_problem_o
         "{problems:#?}"
     );
 }
+
+/// What a worker parses of an event up front for each action: the fields its templates and its
+/// `if` name, besides those it always reads.
+#[test]
+fn an_action_knows_the_event_fields_it_names() {
+    let actions = [
+        "      - id: post\n        if: \"gameplay.score > 1\"\n        http: { method: POST, url: \"https://crm.example.com/{{ site.id }}\", headers: { X-Card: \"{{ card.name }}\" }, body: '{\"e\": \"{{ contact.email }}\", \"id\": \"{{ event.id }}\"}' }\n",
+        &http("plain", ""),
+    ]
+    .concat();
+    let (catalog, problems) = compile_yaml(&workflow("", &actions));
+    assert!(errors(&problems).is_empty(), "{problems:#?}");
+    let wf = catalog.workflow("wf").expect("wf is loaded");
+    let names = |id: &str| -> Vec<String> {
+        let (_, action) = wf.action(id).expect("the action");
+        action.event_fields.iter().map(|n| n.to_string()).collect()
+    };
+    assert_eq!(names("post"), ["card", "gameplay", "site"]);
+    assert!(names("plain").is_empty());
+}

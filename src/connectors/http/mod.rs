@@ -384,7 +384,7 @@ mod tests {
         let call = Call {
             action_id: "act_1",
             ctx: Context {
-                event,
+                event: event.into(),
                 steps: &Value::Null,
                 secrets: SecretsView::Real(secrets),
             },

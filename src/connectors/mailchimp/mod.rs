@@ -562,7 +562,7 @@ mod tests {
             [("MC_KEY".to_owned(), "abc123-us6".to_owned())].into();
         let event = json!({});
         let ctx = Context {
-            event: &event,
+            event: (&event).into(),
             steps: &Value::Null,
             secrets: crate::template::SecretsView::Real(&secrets),
         };
@@ -609,7 +609,7 @@ mod tests {
         }
         fn ctx(&self) -> Context<'_> {
             Context {
-                event: &self.event,
+                event: (&self.event).into(),
                 steps: &Value::Null,
                 secrets: crate::template::SecretsView::Real(&self.secrets),
             }

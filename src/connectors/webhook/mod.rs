@@ -96,9 +96,9 @@ pub fn render(webhook: &Webhook, call: &Call<'_>, timestamp: i64) -> Result<Requ
         )
     })?;
     let body_value = if webhook.legacy {
-        legacy_body(call.ctx.event)
+        legacy_body(call.ctx.event.whole())
     } else {
-        call.ctx.event.clone()
+        call.ctx.event.whole().clone()
     };
     // Serialising a JSON value cannot fail.
     let body = serde_json::to_vec(&body_value).unwrap_or_default();
