@@ -41,9 +41,11 @@ pub const H_HELD: &str = "x-switchyard-held";
 /// Set to `replay` on an action that `switchyard runs replay` published again (run history).
 pub const H_TRIGGER: &str = "x-switchyard-trigger";
 
-/// One action to run, as it travels on the broker.
+/// One action to run, as it travels on the broker. A worker first reads it with the event left
+/// as its JSON text (`ActionMessage<&RawValue>`), then parses the event as far as the action
+/// needs ([`ActionMessage::with_event`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ActionMessage {
+pub struct ActionMessage<E = Value> {
     /// Stable across retries and replays: derived from event, workflow or webhook, and action.
     pub id: String,
     /// The workflow id (absent for webhooks).
@@ -59,48 +61,15 @@ pub struct ActionMessage {
     /// The event's workspace.
     pub workspace: String,
     /// The normalised event envelope.
-    pub event: Value,
+    pub event: E,
     /// Outputs of the prerequisite chain, an object keyed by action id (`Null` when none).
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub steps: Value,
 }
 
-/// An action message as a worker reads it: the event left as its JSON text (borrowed from the
-/// delivery), to be parsed in full or in part ([`RawActionMessage::with_event`]).
-#[derive(Debug, Deserialize)]
-pub struct RawActionMessage<'a> {
-    id: String,
-    #[serde(default)]
-    workflow: Option<String>,
-    #[serde(default)]
-    webhook: Option<String>,
-    action: String,
-    connector: String,
-    workspace: String,
-    #[serde(borrow)]
-    event: &'a serde_json::value::RawValue,
-    #[serde(default)]
-    steps: Value,
-}
-
-impl<'a> RawActionMessage<'a> {
-    /// The event's JSON text.
-    pub fn event_text(&self) -> &'a str {
-        self.event.get()
-    }
-
-    /// See [`ActionMessage::workflow`].
-    pub fn workflow(&self) -> Option<&str> {
-        self.workflow.as_deref()
-    }
-
-    /// See [`ActionMessage::action`].
-    pub fn action(&self) -> &str {
-        &self.action
-    }
-
-    /// The message, with `event` as the worker parsed it.
-    pub fn with_event(self, event: Value) -> ActionMessage {
+impl<E> ActionMessage<E> {
+    /// The same message with `event` read another way.
+    pub fn with_event<F>(self, event: F) -> ActionMessage<F> {
         ActionMessage {
             id: self.id,
             workflow: self.workflow,

@@ -52,15 +52,16 @@ impl<'a> EventRef<'a> {
     }
 }
 
-/// An envelope of which only some top-level fields were parsed (`names` must include `id`,
-/// `type` and `occurred_at`: see [`EventRef::known`]): what a worker reads for an action whose templates name few fields. The rest
-/// is parsed from the message's text the first time anything reads beyond them.
+/// An envelope of which only some top-level fields were parsed ([`PartialEvent::ALWAYS`] and
+/// the action's own): what a worker reads for an action whose templates name few fields. The
+/// rest is parsed from the message's text the first time anything reads beyond them.
 #[derive(Debug)]
 pub struct PartialEvent<'a> {
     /// The fields parsed, as an object (a field named but absent is simply not there).
     fields: &'a Value,
-    /// The names parsed up front.
-    names: &'a [&'a str],
+    /// The names parsed up front besides [`PartialEvent::ALWAYS`] (the action's
+    /// `event_fields`).
+    named: &'a [Box<str>],
     /// The envelope's JSON text.
     text: &'a str,
     /// The whole envelope, once something asked for it.
@@ -68,11 +69,11 @@ pub struct PartialEvent<'a> {
 }
 
 impl<'a> PartialEvent<'a> {
-    /// `fields` must hold the top-level fields of `text` named in `names`.
-    pub fn new(fields: &'a Value, names: &'a [&'a str], text: &'a str) -> PartialEvent<'a> {
+    /// `fields` must be what [`PartialEvent::parse_fields`] read of `text` for `named`.
+    pub fn new(fields: &'a Value, named: &'a [Box<str>], text: &'a str) -> PartialEvent<'a> {
         PartialEvent {
             fields,
-            names,
+            named,
             text,
             whole: OnceLock::new(),
         }
@@ -83,7 +84,7 @@ impl<'a> PartialEvent<'a> {
     pub const ALWAYS: [&'static str; 5] = ["id", "type", "occurred_at", "contact", "form_fields"];
 
     fn has(&self, field: &str) -> bool {
-        self.names.contains(&field)
+        parsed_up_front(self.named, field)
     }
 
     fn whole(&self) -> &Value {
@@ -98,19 +99,24 @@ impl<'a> PartialEvent<'a> {
             })
     }
 
-    /// Parses the top-level fields of `text` named in `names` (the others are skipped, not
-    /// built); `None` unless `text` is one JSON object.
-    pub fn parse_fields(text: &str, names: &[&str]) -> Option<Value> {
+    /// Parses the top-level fields of `text` in [`PartialEvent::ALWAYS`] or `named` (the others
+    /// are skipped, not built); `None` unless `text` is one JSON object.
+    pub fn parse_fields(text: &str, named: &[Box<str>]) -> Option<Value> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let fields = Named(names).deserialize(&mut deserializer).ok()?;
+        let fields = Named(named).deserialize(&mut deserializer).ok()?;
         deserializer.end().ok()?;
         Some(Value::Object(fields))
     }
 }
 
-/// The top-level fields of an object named in the list (a repeated key keeps its last value,
-/// in its first place, as in a [`Value`]).
-struct Named<'n>(&'n [&'n str]);
+/// Whether `field` is parsed up front: in [`PartialEvent::ALWAYS`] or among `named`.
+fn parsed_up_front(named: &[Box<str>], field: &str) -> bool {
+    PartialEvent::ALWAYS.contains(&field) || named.iter().any(|name| &**name == field)
+}
+
+/// The top-level fields of an object parsed up front (a repeated key keeps its last value, in
+/// its first place, as in a [`Value`]).
+struct Named<'n>(&'n [Box<str>]);
 
 impl<'de> DeserializeSeed<'de> for Named<'_> {
     type Value = Map<String, Value>;
@@ -144,8 +150,8 @@ impl<'de> Visitor<'de> for Named<'_> {
     }
 }
 
-/// A key, owned when it is in the list (a skipped key is never copied).
-struct NamedKey<'n>(&'n [&'n str]);
+/// A key, owned when it is parsed up front (a skipped key is never copied).
+struct NamedKey<'n>(&'n [Box<str>]);
 
 impl<'de> DeserializeSeed<'de> for NamedKey<'_> {
     type Value = Option<String>;
@@ -163,6 +169,6 @@ impl Visitor<'_> for NamedKey<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.contains(&key).then(|| key.to_owned()))
+        Ok(parsed_up_front(self.0, key).then(|| key.to_owned()))
     }
 }

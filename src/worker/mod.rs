@@ -13,6 +13,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +24,7 @@ use self::recorder::Recorder;
 use crate::broker::acks::Acks;
 use crate::broker::message::{
     self, ActionMessage, Attempts, EventJson, H_HELD, H_HELD_FOR, H_LAST_STATUS, H_REASON,
-    RawActionMessage, action_id,
+    action_id,
 };
 use crate::broker::{
     AmqpContext, BrokerError, Publisher, RETRY_TIER_HEADER, header_int, header_str, set_int,
@@ -205,26 +206,22 @@ impl Job {
             self.app.connectors.http.destinations().held(&held, -1);
         }
         let catalog = self.app.catalog.load();
-        let raw: RawActionMessage<'_> = match serde_json::from_slice(&delivery.data) {
+        let raw: ActionMessage<&RawValue> = match serde_json::from_slice(&delivery.data) {
             Ok(raw) => raw,
             Err(e) => return self.unreadable(delivery, &e, attempts).await,
         };
+        let resolved = resolve(&catalog, &raw);
         // A workflow action's event is parsed in part: the fields its templates name (and what
         // the worker reads itself); anything else is parsed only if something reads it.
-        let text = raw.event_text();
-        let names: Option<Vec<&str>> = raw
-            .workflow()
-            .and_then(|id| catalog.workflow(id))
-            .and_then(|workflow| workflow.action(raw.action()))
-            .map(|(_, action)| {
-                let mut names = PartialEvent::ALWAYS.to_vec();
-                names.extend(action.event_fields.iter().map(|name| &**name));
-                names
-            });
-        let parsed = match names
-            .as_deref()
-            .and_then(|n| PartialEvent::parse_fields(text, n))
-        {
+        let named = match &resolved {
+            Ok(Resolved {
+                step: Some((_, _, action)),
+                ..
+            }) => Some(&*action.event_fields),
+            _ => None,
+        };
+        let text = raw.event.get();
+        let parsed = match named.and_then(|named| PartialEvent::parse_fields(text, named)) {
             Some(fields) => Ok(fields),
             None => serde_json::from_str(text),
         };
@@ -232,9 +229,7 @@ impl Job {
             Ok(event) => raw.with_event(event),
             Err(e) => return self.unreadable(delivery, &e, attempts).await,
         };
-        let partial = names
-            .as_deref()
-            .map(|names| PartialEvent::new(&message.event, names, text));
+        let partial = named.map(|named| PartialEvent::new(&message.event, named, text));
         let record = Recorder::new(
             &self.app.history,
             &message,
@@ -255,7 +250,7 @@ impl Job {
             action_id: &message.id,
             ctx,
         };
-        let resolved = match resolve(&catalog, &message) {
+        let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(failure) => {
                 return self
@@ -716,7 +711,10 @@ struct Resolved<'c> {
 
 /// Finds what a message names; a workflow, action or webhook no longer loaded is a
 /// configuration failure (dead-lettered).
-fn resolve<'c>(catalog: &'c Catalog, message: &ActionMessage) -> Result<Resolved<'c>, Failure> {
+fn resolve<'c, E>(
+    catalog: &'c Catalog,
+    message: &ActionMessage<E>,
+) -> Result<Resolved<'c>, Failure> {
     if let Some(id) = &message.workflow {
         let workflow = catalog
             .workflow(id)
