@@ -666,3 +666,139 @@ async fn delivery_goes_on_while_postgresql_is_down_and_history_resumes() {
     );
     h.finish().await;
 }
+
+/// The writer's binary COPY, column by column: what comes back from PostgreSQL is what was
+/// given (NUL made storable, NULLs as NULL, timestamps to the microsecond, both days' partitions).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writer_stores_every_column_as_given() {
+    use chrono::DateTime;
+    use switchyard::history::writer::{Statements, write};
+    use switchyard::history::{Attempt, EventRecord, RunOutcome, Trigger};
+
+    let schema = Schema::create("copy").await;
+    let mut client = schema.client().await;
+    schema::migrate(&mut client).await.expect("migrate");
+    let today = Utc::now().date_naive();
+    let yesterday = today.checked_sub_days(Days::new(1)).expect("date");
+    schema::ensure_partitions(&mut client, [yesterday, today])
+        .await
+        .expect("partitions");
+    let at = |micros: i64| DateTime::from_timestamp_micros(micros).expect("time");
+    let now = Utc::now().timestamp_micros();
+    let full = Attempt {
+        action_id: "act_copy_full".into(),
+        event_id: "evt_copy".into(),
+        event_type: "Prize.Won".into(),
+        workspace: "ws_é".into(),
+        workflow: Some("lead-sync".into()),
+        webhook: None,
+        action: "post".into(),
+        connector: "http".into(),
+        destination: Some("127.0.0.1:9".into()),
+        contact_email: Some("nul\0@example.com".into()),
+        contact_id: Some("ct_1".into()),
+        attempt: 3,
+        trigger: Trigger::Retry,
+        started_at: at(now - 86_400_000_000),
+        duration_ms: 1234,
+        outcome: RunOutcome::Dead,
+        error_class: Some("http_5xx".into()),
+        http_status: Some(503),
+        reason: Some("HTTP 503 \u{1F4A5}".into()),
+        response_excerpt: Some(String::new()),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        steps: Some(r#"{"a":1}"#.into()),
+    };
+    let bare = Attempt {
+        action_id: "act_copy_bare".into(),
+        workflow: None,
+        webhook: Some("wh_1".into()),
+        destination: None,
+        contact_email: None,
+        contact_id: None,
+        attempt: 1,
+        trigger: Trigger::Delivery,
+        started_at: at(now),
+        duration_ms: 0,
+        outcome: RunOutcome::Success,
+        error_class: None,
+        http_status: None,
+        reason: None,
+        response_excerpt: None,
+        trace_id: None,
+        steps: None,
+        ..full.clone()
+    };
+    let event = EventRecord {
+        event_id: Some("evt_copy".into()),
+        event_type: None,
+        workspace: Some("ws_é".into()),
+        received_at: at(now - 1),
+        rejected: Some("bad\0json".into()),
+        payload: None,
+        trace_id: None,
+    };
+    let statements = Statements::prepare(&client).await.expect("prepare");
+    write(&mut client, &statements, &[&full, &bare], &[&event])
+        .await
+        .expect("write");
+
+    let columns = "action_id, event_id, event_type, workspace, workflow, webhook, action, connector, destination, contact_email, contact_id, attempt, trigger, started_at, duration_ms, outcome, error_class, http_status, reason, response_excerpt, trace_id, steps";
+    for given in [&full, &bare] {
+        let row = client
+            .query_one(
+                &format!("SELECT {columns} FROM history_attempts WHERE action_id = $1"),
+                &[&given.action_id],
+            )
+            .await
+            .expect("the attempt is there");
+        let text = |i: usize| row.get::<_, Option<String>>(i);
+        let storable = |s: &Option<String>| s.as_ref().map(|s| s.replace('\0', "\\u0000"));
+        assert_eq!(text(0).as_deref(), Some(given.action_id.as_str()));
+        assert_eq!(text(1).as_deref(), Some(given.event_id.as_str()));
+        assert_eq!(text(2).as_deref(), Some(given.event_type.as_str()));
+        assert_eq!(text(3).as_deref(), Some(given.workspace.as_str()));
+        assert_eq!(text(4), given.workflow);
+        assert_eq!(text(5), given.webhook);
+        assert_eq!(text(6).as_deref(), Some(given.action.as_str()));
+        assert_eq!(text(7).as_deref(), Some(given.connector.as_str()));
+        assert_eq!(text(8), given.destination);
+        assert_eq!(text(9), storable(&given.contact_email));
+        assert_eq!(text(10), given.contact_id);
+        assert_eq!(row.get::<_, i32>(11), given.attempt);
+        assert_eq!(text(12).as_deref(), Some(given.trigger.as_str()));
+        assert_eq!(row.get::<_, DateTime<Utc>>(13), given.started_at);
+        assert_eq!(row.get::<_, i32>(14), given.duration_ms);
+        assert_eq!(text(15).as_deref(), Some(given.outcome.as_str()));
+        assert_eq!(text(16), given.error_class);
+        assert_eq!(row.get::<_, Option<i16>>(17), given.http_status);
+        assert_eq!(text(18), given.reason);
+        assert_eq!(text(19), given.response_excerpt);
+        assert_eq!(text(20), given.trace_id);
+        assert_eq!(text(21), given.steps);
+    }
+    let row = client
+        .query_one(
+            "SELECT event_id, event_type, workspace, received_at, rejected, payload, trace_id FROM history_events",
+            &[],
+        )
+        .await
+        .expect("one event row");
+    assert_eq!(row.get::<_, Option<String>>(0), event.event_id);
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    assert_eq!(row.get::<_, Option<String>>(2), event.workspace);
+    assert_eq!(row.get::<_, DateTime<Utc>>(3), event.received_at);
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some("bad\\u0000json")
+    );
+    assert_eq!(row.get::<_, Option<String>>(5), None);
+    // The older attempt went to yesterday's partition, the other to today's.
+    let days = count(
+        &client,
+        "SELECT count(DISTINCT tableoid) FROM history_attempts",
+    )
+    .await;
+    assert_eq!(days, 2);
+    schema.drop_now().await;
+}
