@@ -214,7 +214,7 @@ async fn route(
             // UTF-8): a copy instead of serialising the event again.
             payload: app.history.store_payloads().then(|| {
                 if event.verbatim {
-                    String::from_utf8_lossy(&delivery.data).into_owned()
+                    history::record::text_lossy(&delivery.data)
                 } else {
                     event.body().to_string()
                 }

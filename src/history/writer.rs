@@ -308,8 +308,9 @@ const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 impl CopyRows {
-    fn new(rows: usize, bytes_per_row: usize) -> CopyRows {
-        let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + rows * bytes_per_row + 2);
+    /// A buffer for `rows` rows of about `bytes_per_row` bytes each, plus `extra` bytes.
+    fn new(rows: usize, bytes_per_row: usize, extra: usize) -> CopyRows {
+        let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + rows * bytes_per_row + extra + 2);
         buf.put_slice(COPY_HEADER);
         CopyRows { buf }
     }
@@ -365,7 +366,7 @@ impl CopyRows {
 
 /// The attempts as one binary COPY.
 fn attempt_rows(attempts: &[&Attempt]) -> Bytes {
-    let mut rows = CopyRows::new(attempts.len(), 512);
+    let mut rows = CopyRows::new(attempts.len(), 512, 0);
     for a in attempts {
         rows.row(22);
         rows.text(&a.action_id);
@@ -396,7 +397,11 @@ fn attempt_rows(attempts: &[&Attempt]) -> Bytes {
 
 /// The events as one binary COPY.
 fn event_rows(events: &[&EventRecord]) -> Bytes {
-    let mut rows = CopyRows::new(events.len(), 256);
+    let payloads: usize = events
+        .iter()
+        .filter_map(|e| e.payload.as_ref().map(String::len))
+        .sum();
+    let mut rows = CopyRows::new(events.len(), 256, payloads);
     for e in events {
         rows.row(7);
         rows.opt_text(e.event_id.as_deref());
