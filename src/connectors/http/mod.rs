@@ -1,5 +1,7 @@
 //! The HTTP Request action: any method, URL, headers, query, body and auth, all templated.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -40,10 +42,32 @@ pub struct HttpAction {
 /// instructions, two of them inside reqwest), rendered and parsed per call when it is a template.
 #[derive(Debug)]
 enum UrlSpec {
-    /// A literal http(s) URL.
-    Literal(Url),
+    /// A literal http(s) URL, shared by every action with the same one.
+    Literal(Arc<Url>),
     /// A template (may read secrets).
     Template(TextTemplate),
+}
+
+/// One parsed URL per distinct literal while any action holds it, as [`TextTemplate`]s are
+/// shared: thousands of workflows name the same few endpoints, and a `Url` per action cost
+/// 10,000 workflows 3 MiB. Weak, so that a reload that drops the last action with a URL frees it.
+fn shared_url(url: Url) -> Arc<Url> {
+    /// Dead entries are swept once the map has doubled since the last sweep (at least this many).
+    const SWEEP_FLOOR: usize = 1024;
+    static SHARED: Mutex<(BTreeMap<String, Weak<Url>>, usize)> =
+        Mutex::new((BTreeMap::new(), SWEEP_FLOOR));
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    let (urls, sweep_at) = &mut *shared;
+    if let Some(known) = urls.get(url.as_str()).and_then(Weak::upgrade) {
+        return known;
+    }
+    if urls.len() >= *sweep_at {
+        urls.retain(|_, url| url.strong_count() > 0);
+        *sweep_at = (urls.len() * 2).max(SWEEP_FLOOR);
+    }
+    let url = Arc::new(url);
+    urls.insert(url.as_str().to_owned(), Arc::downgrade(&url));
+    url
 }
 
 /// Compiled credentials.
@@ -97,7 +121,7 @@ impl HttpAction {
             match Url::parse(template.source().trim()) {
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
                     scope.warn_if_blocked(&parsed, problems);
-                    url = Some(UrlSpec::Literal(parsed));
+                    url = Some(UrlSpec::Literal(shared_url(parsed)));
                 }
                 Ok(parsed) => scope.error(
                     problems,
@@ -236,7 +260,7 @@ impl HttpAction {
     pub fn render(&self, call: &Call<'_>) -> Result<Request, Outcome> {
         let ctx = &call.ctx;
         let mut url = match &self.url {
-            UrlSpec::Literal(url) => url.clone(),
+            UrlSpec::Literal(url) => Url::clone(url),
             UrlSpec::Template(template) => {
                 let url_text = render(template, ctx, "url")?;
                 let url = Url::parse(url_text.trim()).map_err(|e| {
@@ -484,6 +508,13 @@ mod tests {
                 request.url.as_str(),
                 "https://crm.example.com/leads?x=1&email=ana%40example.com"
             );
+        }
+        let (twin, _) = compile(r#"{ url: "https://crm.example.com/leads?x=1" }"#);
+        match (&action.url, twin.map(|t| t.url)) {
+            (UrlSpec::Literal(one), Some(UrlSpec::Literal(other))) => {
+                assert!(Arc::ptr_eq(one, &other), "one parsed URL for both actions")
+            }
+            other => panic!("two literals: {other:?}"),
         }
         let (action, _) = compile(r#"{ url: "https://crm.example.com/{{ event.type }}" }"#);
         assert!(
