@@ -2,7 +2,8 @@
 //! teams work. The modules follow the pipeline (SPEC §1; docs/ARCHITECTURE.md maps it):
 //!
 //! - [`event`]: the envelope upstream publishes; validation and alias normalisation.
-//! - [`config`], [`secrets`], [`workflow`], [`template`]: what operators write, compiled once.
+//! - [`config`], [`secrets`], [`workflow`], [`template`]: what operators write, compiled once
+//!   ([`intern`]: one compiled value per distinct text).
 //! - [`broker`]: topology, the confirmed publisher, action messages and their headers.
 //! - [`delivery`]: the pure decisions: the plan (event → action messages), the decision
 //!   (outcome → success, retry tier or dead letter), the dead-letter record format.
@@ -33,6 +34,7 @@ pub mod destinations;
 pub mod event;
 pub mod faults;
 pub mod history;
+pub mod intern;
 pub mod logwriter;
 pub mod net;
 pub mod outcome;

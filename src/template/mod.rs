@@ -50,7 +50,7 @@ mod view;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -58,6 +58,7 @@ pub use self::body::BodyTemplate;
 pub use self::mapping::{MappedValue, PathSegment, parse_path};
 pub use self::partial::{EventRef, PartialEvent};
 use self::view::Root;
+use crate::intern::Interned;
 
 /// Why a template could not be compiled or rendered.
 #[derive(Debug, thiserror::Error)]
@@ -131,43 +132,7 @@ pub struct Engine {
     /// The Liquid parser: standard library plus `soql`, `json` and `md5`.
     parser: liquid::Parser,
     /// Templates compiled so far, by source, shared by every clone of the engine.
-    interned: Arc<Mutex<Interned>>,
-}
-
-/// One compiled template per distinct source while any workflow holds it: thousands of workflows
-/// repeat the same few sources (`{{ event.id }}`, `{{ contact.email }}`, a condition), and a
-/// compiled Liquid template costs far more than its text. Weak, so that a reload that drops the
-/// last workflow using a source frees it.
-#[derive(Default)]
-struct Interned {
-    /// By source.
-    templates: HashMap<String, Weak<TextInner>>,
-    /// Dead entries are swept once the map has grown to this size.
-    sweep_at: usize,
-}
-
-impl Interned {
-    /// Entries at least, before the first sweep.
-    const SWEEP_FLOOR: usize = 1024;
-
-    fn get(&self, src: &str) -> Option<TextTemplate> {
-        self.templates
-            .get(src)
-            .and_then(Weak::upgrade)
-            .map(TextTemplate)
-    }
-
-    fn insert(&mut self, inner: TextInner) -> TextTemplate {
-        if self.templates.len() >= self.sweep_at {
-            self.templates
-                .retain(|_, template| template.strong_count() > 0);
-            self.sweep_at = (self.templates.len() * 2).max(Self::SWEEP_FLOOR);
-        }
-        let template = Arc::new(inner);
-        self.templates
-            .insert(template.source.clone(), Arc::downgrade(&template));
-        TextTemplate(template)
-    }
+    interned: Arc<Mutex<Interned<TextInner>>>,
 }
 
 impl fmt::Debug for Engine {
@@ -245,7 +210,7 @@ impl Engine {
     /// Compiles a string setting (or hands out the one already compiled from the same source).
     pub fn text(&self, src: &str) -> Result<TextTemplate, TemplateError> {
         if let Some(template) = self.interned().get(src) {
-            return Ok(template);
+            return Ok(TextTemplate(template));
         }
         let inner = if has_markup(src) {
             scan::check_integer_literals(src)?;
@@ -264,10 +229,12 @@ impl Engine {
         } else {
             TextInner::literal_of(src)
         };
-        Ok(self.interned().insert(inner))
+        Ok(TextTemplate(
+            self.interned().insert(inner.source.clone(), inner),
+        ))
     }
 
-    fn interned(&self) -> std::sync::MutexGuard<'_, Interned> {
+    fn interned(&self) -> std::sync::MutexGuard<'_, Interned<TextInner>> {
         self.interned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

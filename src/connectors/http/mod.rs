@@ -1,7 +1,6 @@
 //! The HTTP Request action: any method, URL, headers, query, body and auth, all templated.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,6 +9,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use url::Url;
 
 use super::{Call, ConnectorKind, Request};
+use crate::intern::Interned;
 use crate::outcome::{ErrorClass, Outcome};
 use crate::template::{BodyTemplate, Context, Engine, TextTemplate};
 use crate::workflow::def::{AuthDef, HttpActionDef};
@@ -48,26 +48,15 @@ enum UrlSpec {
     Template(TextTemplate),
 }
 
-/// One parsed URL per distinct literal while any action holds it, as [`TextTemplate`]s are
-/// shared: thousands of workflows name the same few endpoints, and a `Url` per action cost
-/// 10,000 workflows 3 MiB. Weak, so that a reload that drops the last action with a URL frees it.
+/// One parsed URL per distinct literal, shared as compiled templates are: a `Url` per action cost
+/// 10,000 workflows 3 MiB.
 fn shared_url(url: Url) -> Arc<Url> {
-    /// Dead entries are swept once the map has doubled since the last sweep (at least this many).
-    const SWEEP_FLOOR: usize = 1024;
-    static SHARED: Mutex<(BTreeMap<String, Weak<Url>>, usize)> =
-        Mutex::new((BTreeMap::new(), SWEEP_FLOOR));
+    static SHARED: LazyLock<Mutex<Interned<Url>>> = LazyLock::new(Mutex::default);
     let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    let (urls, sweep_at) = &mut *shared;
-    if let Some(known) = urls.get(url.as_str()).and_then(Weak::upgrade) {
-        return known;
+    match shared.get(url.as_str()) {
+        Some(known) => known,
+        None => shared.insert(url.as_str().to_owned(), url),
     }
-    if urls.len() >= *sweep_at {
-        urls.retain(|_, url| url.strong_count() > 0);
-        *sweep_at = (urls.len() * 2).max(SWEEP_FLOOR);
-    }
-    let url = Arc::new(url);
-    urls.insert(url.as_str().to_owned(), Arc::downgrade(&url));
-    url
 }
 
 /// Compiled credentials.
