@@ -104,6 +104,12 @@ struct Figures {
     detected_after: Option<Duration>,
     /// The slowest 1 % of the latency phase, by the second of the phase they were published in.
     slowest: String,
+    /// CPU per event of the throughput phase (ms): the service's, and the broker's if found.
+    service_cpu_ms: Option<f64>,
+    broker_cpu_ms: Option<f64>,
+    /// The others' arrivals in the throughput phase per 250 ms from its first publish: a stall
+    /// shows as a dip.
+    flow: String,
 }
 
 /// Runs the three scenarios and prints the comparison.
@@ -212,6 +218,22 @@ fn table(args: &Args, runs: &[Figures]) -> String {
     out.push_str("the slowest 1 % of the latency phase, by the second of the phase they were published in:\n");
     for run in runs {
         out.push_str(&format!("  {:<32} {}\n", run.bad.describe(), run.slowest));
+    }
+    out.push_str("CPU per event of the throughput phase (all 50 destinations' events):\n");
+    let ms = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.3} ms"));
+    for run in runs {
+        out.push_str(&format!(
+            "  {:<32} service {}, broker {}\n",
+            run.bad.describe(),
+            ms(run.service_cpu_ms),
+            ms(run.broker_cpu_ms)
+        ));
+    }
+    out.push_str(
+        "the throughput phase's arrivals (the other 49) per 250 ms from its first publish:\n",
+    );
+    for run in runs {
+        out.push_str(&format!("  {:<32} {}\n", run.bad.describe(), run.flow));
     }
     for run in &runs[1..] {
         let throughput = run.throughput / base.throughput;
@@ -381,14 +403,37 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
 
         rest().await;
         let range = warmup..warmup + args.events;
+        let clock = crate::procfs::CpuClock::detect();
+        let broker = crate::procfs::broker_pid();
+        let ticks = || {
+            (
+                crate::procfs::cpu_ticks(pid),
+                broker.and_then(crate::procfs::cpu_ticks),
+            )
+        };
+        let before = ticks();
         let published = publish(range.clone(), Pace::Flat).await?;
         let arrived = wait(range.clone(), "throughput").await?;
+        let after = ticks();
+        let per_event = |ms: Option<f64>| ms.map(|ms| ms / args.events as f64);
+        let service_cpu_ms = per_event(clock.ms_between(before.0, after.0));
+        let broker_cpu_ms = per_event(clock.ms_between(before.1, after.1));
         let secs = arrived
             .last_arrival_us
             .saturating_sub(published.first_sent_us) as f64
             / 1e6;
         let others = range.clone().filter(|seq| seq % n != 0).count() as f64;
         let throughput = others / secs;
+        let flow = sink
+            .arrivals_per(
+                range.clone(),
+                published.first_sent_us,
+                Duration::from_millis(250),
+            )
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
         let latency_rate = *rate.get_or_insert(throughput / 2.0);
 
         rest().await;
@@ -428,6 +473,9 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
             held_max: held_max.load(Ordering::Relaxed),
             detected_after,
             slowest,
+            service_cpu_ms,
+            broker_cpu_ms,
+            flow,
         })
     }
     .await;

@@ -233,7 +233,7 @@ pub fn write_files(
         concat!(
             "http:\n  allow_networks: [127.0.0.1/32]\n",
             "metrics:\n  listen: {}\n",
-            "log:\n  format: text\n  level: warn\n",
+            "log:\n  format: text\n  level: \"warn,switchyard::broker::acks=info\"\n",
             "shutdown_grace: 10s\n",
             "workflows:\n  paths: [{}]\n",
             "secrets:\n  dir: {}\n"

@@ -27,6 +27,8 @@ struct Arrivals {
     fanout: u64,
     /// Per call: latency in µs plus one, 0 until it arrives.
     latency: Vec<AtomicU64>,
+    /// Per call: when it first arrived (µs since the epoch), 0 until it does.
+    at: Vec<AtomicU64>,
     /// Arrivals of an event that had arrived already (at-least-once redeliveries).
     duplicates: AtomicU64,
     /// Requests whose body did not carry a known `seq` and `sent_at_us`.
@@ -96,6 +98,7 @@ impl Sink {
         let arrivals = Arc::new(Arrivals {
             fanout,
             latency: (0..capacity * fanout).map(|_| AtomicU64::new(0)).collect(),
+            at: (0..capacity * fanout).map(|_| AtomicU64::new(0)).collect(),
             duplicates: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
             last_us: AtomicU64::new(0),
@@ -197,6 +200,28 @@ impl Sink {
             .collect()
     }
 
+    /// How many of the calls of `range` this sink expects first arrived in each `bucket` from
+    /// `from_us` (µs since the epoch) on: a stall shows as a run of small counts.
+    pub fn arrivals_per(&self, range: Range<u64>, from_us: u64, bucket: Duration) -> Vec<u64> {
+        let fanout = self.arrivals.fanout as usize;
+        let width = (bucket.as_micros() as u64).max(1);
+        let mut counts = Vec::new();
+        let at = &self.arrivals.at[(range.start as usize * fanout)..(range.end as usize * fanout)];
+        for (i, slot) in at.iter().enumerate() {
+            let seq = range.start + (i / fanout) as u64;
+            let t = slot.load(Ordering::Relaxed);
+            if t == 0 || !self.expects(seq) {
+                continue;
+            }
+            let k = (t.saturating_sub(from_us) / width) as usize;
+            if counts.len() <= k {
+                counts.resize(k + 1, 0);
+            }
+            counts[k] += 1;
+        }
+        counts
+    }
+
     /// The latency (µs) of event `seq`'s first call, if it arrived.
     pub fn latency_us(&self, seq: u64) -> Option<u64> {
         let stored = self
@@ -222,13 +247,10 @@ async fn receive(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> impl Int
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let field = |name: &str| parsed.as_ref().and_then(|v| number(v.get(name)?));
     let call = field("k").unwrap_or(0);
-    let slot = field("seq")
+    let index = field("seq")
         .filter(|_| call < arrivals.fanout)
-        .and_then(|seq| {
-            arrivals
-                .latency
-                .get((seq * arrivals.fanout + call) as usize)
-        });
+        .map(|seq| (seq * arrivals.fanout + call) as usize);
+    let slot = index.and_then(|i| arrivals.latency.get(i));
     match (slot, field("sent_at_us")) {
         (Some(slot), Some(sent)) => {
             let latency = now.saturating_sub(sent) + 1;
@@ -238,6 +260,8 @@ async fn receive(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> impl Int
                 .is_err()
             {
                 arrivals.duplicates.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(at) = index.and_then(|i| arrivals.at.get(i)) {
+                at.store(now, Ordering::Relaxed);
             }
             arrivals.last_us.fetch_max(now, Ordering::Relaxed);
         }
