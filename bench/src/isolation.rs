@@ -482,6 +482,12 @@ async fn one(args: &Args, bad: Bad, rate: &mut Option<f64>) -> anyhow::Result<Fi
     if let Err(e) = child.terminate(Duration::from_secs(20)).await {
         eprintln!("bench isolation: stopping the service: {e:#}");
     }
+    for line in child.ack_summary() {
+        eprintln!(
+            "bench isolation: {}: the service's acks: {line}",
+            bad.describe()
+        );
+    }
     if measured.is_err() {
         eprintln!(
             "bench isolation: the service's log:\n{}",

@@ -700,6 +700,9 @@ async fn finish(args: &Args, run: &mut Run, report: Option<&Report>) -> Vec<Stri
             Ok(status) => notes.push(format!("the service exited with {status}")),
             Err(e) => notes.push(format!("stopping the service: {e:#}")),
         }
+        for line in child.ack_summary() {
+            eprintln!("bench: the service's acks: {line}");
+        }
         if report.is_none() {
             eprintln!(
                 "bench: last lines of the service's log:\n{}",

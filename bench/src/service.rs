@@ -476,6 +476,17 @@ impl Child {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+
+    /// What the service said of its acks when it stopped: one `broker::acks` line per consumer
+    /// channel that settled anything (`consumer=… multiple_acks=… single_acks=… requeues=…`).
+    pub fn ack_summary(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|line| !line.contains("multiple_acks=0 single_acks=0 requeues=0"))
+            .filter_map(|line| line.split_once("acks are out; closing it "))
+            .map(|(_, fields)| fields.trim().to_owned())
+            .collect()
+    }
 }
 
 impl Drop for Child {
